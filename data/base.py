@@ -1,0 +1,140 @@
+"""Shared LightningDataModule base: dataloaders, skip-safe collation and skipped-sample counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .collate import NUM_SKIPPED, SKIPPED_PATHS, SkipBadSamples, collate_skipping
+
+
+class MimDataModule(L.LightningDataModule):
+    """Base DataModule producing dict batches ``{"pixels", "label"?}``.
+
+    Subclasses set ``self.train_dataset`` / ``self.val_dataset`` (map-style datasets returning
+    a sample dict or ``None`` per index) in ``setup``. Every dataset is wrapped in
+    :class:`~mimkit.data.collate.SkipBadSamples` and collated with
+    :func:`~mimkit.data.collate.collate_skipping`, so an unreadable file never stops a run.
+    The failure counts that travel in each batch are popped in :meth:`on_before_batch_transfer`
+    (main process) into :attr:`skipped_samples` / :attr:`skipped_paths`, keyed by trainer stage
+    (``"train"``, ``"validate"``, ``"sanity_check"``, ``"test"``, ``"predict"``, or
+    ``"unknown"`` outside a trainer); :class:`~mimkit.data.report.ReportSkippedSamples`
+    reports and resets them every epoch.
+
+    Note:
+        Lightning calls only one ``on_before_batch_transfer``: when a LightningModule overrides
+        it too, Lightning uses the module's and this one's bookkeeping does not run.
+
+    Args:
+        img_size: Side length ``S`` of the (square) output images.
+        batch_size: Samples per batch (per device).
+        num_workers: DataLoader worker processes; ``persistent_workers`` follows ``> 0``.
+        pin_memory: Pin host memory (only used when CUDA is available).
+        mean: Per-channel normalization mean, ``C`` floats.
+        std: Per-channel normalization std, ``C`` floats.
+        num_classes: Number of classes of a labeled source, ``None`` when unlabeled or unknown.
+
+    Attributes:
+        channels: Channels ``C`` of ``"pixels"``.
+        num_frames: Frames ``T`` of video clips, ``None`` for images.
+        max_retries: Substitute reads tried after a failed sample.
+        max_reported_paths: Bound on the example failing paths kept per stage.
+    """
+
+    channels: int = 3
+    num_frames: int | None = None
+    max_retries: int = 10
+    max_reported_paths: int = 5
+
+    def __init__(
+        self,
+        img_size: int,
+        batch_size: int,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = num_workers > 0
+        self.mean: tuple[float, ...] = tuple(float(m) for m in mean)
+        self.std: tuple[float, ...] = tuple(float(s) for s in std)
+        self.num_classes = num_classes
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.skipped_samples: dict[str, int] = {}
+        self.skipped_paths: dict[str, list[str]] = {}
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        if dataset is None:
+            split = "train" if train else "validation"
+            raise RuntimeError(f"{type(self).__name__} has no {split} dataset; call setup() first.")
+        return DataLoader(
+            SkipBadSamples(dataset, max_retries=self.max_retries),
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate_skipping,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; incomplete last batch dropped."""
+        return self._loader(self.train_dataset, train=True)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Validation batches in order; an empty list (no validation) when there is no split."""
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, train=False)
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Same as :meth:`val_dataloader`."""
+        return self.val_dataloader()
+
+    def _stage(self) -> str:
+        trainer = self.trainer
+        stage = trainer.state.stage if trainer is not None else None
+        return stage.value if stage is not None else "unknown"
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Pop the failure record of a batch (main process) and add it to the stage's count.
+
+        Args:
+            batch: Collated batch dict; ``"num_skipped"`` and ``"skipped_paths"`` are removed.
+            dataloader_idx: Index of the dataloader that produced the batch.
+
+        Returns:
+            The batch without the bookkeeping keys.
+        """
+        if isinstance(batch, dict):
+            self.record_skipped(batch.pop(NUM_SKIPPED, 0), batch.pop(SKIPPED_PATHS, []))
+        return batch
+
+    def record_skipped(self, count: int, paths: Sequence[str], stage: str | None = None) -> None:
+        """Add ``count`` skipped samples (and bounded example paths) to a stage's tally.
+
+        Args:
+            count: Number of failed sample reads.
+            paths: Their file paths (or names).
+            stage: Stage key; the trainer's current stage when ``None``.
+        """
+        stage = stage or self._stage()
+        self.skipped_samples[stage] = self.skipped_samples.get(stage, 0) + int(count)
+        examples = self.skipped_paths.setdefault(stage, [])
+        for path in paths:
+            if len(examples) >= self.max_reported_paths:
+                break
+            if path not in examples:
+                examples.append(path)

@@ -1,0 +1,73 @@
+"""LightningCLI for ``mimkit pretrain``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from mimkit.data import ReportSkippedSamples
+from mimkit.pretrain import PretrainModule, ReconstructionPreview
+
+__all__ = ["PretrainCLI", "MimkitCLI"]
+
+
+class MimkitCLI(LightningCLI):
+    """LightningCLI with mimkit's run-directory conventions.
+
+    Checkpoints go to ``<trainer.default_root_dir>/checkpoints`` (so
+    ``--ckpt_path last`` finds the previous run's ``last.ckpt``), the resolved
+    config is saved in the logger's run folder, and unknown keys are errors.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+
+    def _set_checkpoint_dir(self) -> None:
+        trainer = self.trainer
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "dirpath", None) is None:
+                callback.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
+    def before_fit(self) -> None:
+        self._set_checkpoint_dir()
+
+    def before_validate(self) -> None:
+        self._set_checkpoint_dir()
+
+
+def _link_image_size(parser: LightningArgumentParser) -> None:
+    """The data module's ``img_size`` is the encoder's: one value, set under ``data``."""
+    parser.link_arguments(
+        "data.init_args.img_size", "model.init_args.encoder.init_args.img_size", apply_on="parse"
+    )
+
+
+class PretrainCLI(MimkitCLI):
+    """``mimkit pretrain``: any :class:`PretrainModule` on any LightningDataModule."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        super().__init__(
+            PretrainModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "callbacks": [LearningRateMonitor(logging_interval="step"), ReportSkippedSamples()],
+                "default_root_dir": "runs/pretrain",
+            },
+            parser_kwargs={"prog": "mimkit pretrain"},
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_lightning_class_args(ReconstructionPreview, "preview")
+        _link_image_size(parser)

@@ -1,0 +1,268 @@
+"""The shared base of every pretraining method: optimizer, schedule, logging, EMA."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from torch.optim import AdamW, Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = [
+    "PretrainModule",
+    "default_adamw",
+    "warmup_cosine",
+    "momentum_at",
+    "ema_update",
+    "weight_decay_groups",
+]
+
+log = logging.getLogger(__name__)
+
+
+def default_adamw(params: Iterable[Any]) -> Optimizer:
+    """AdamW with MAE's pretraining settings (base lr 1.5e-4 per 256 samples)."""
+    return AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+
+
+def weight_decay_groups(named_params: Iterable[tuple[str, nn.Parameter]]) -> list[dict[str, Any]]:
+    """Splits trainable parameters into a decayed and a non-decayed group.
+
+    No weight decay for 1-D parameters (norms, biases), position embeddings and
+    learned tokens (class, register, mask tokens), as in MAE and timm.
+    """
+    decay, no_decay = [], []
+    for name, param in named_params:
+        if not param.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if param.ndim <= 1 or any(part in leaf for part in ("pos_embed", "token")):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate factor: linear warmup from 0, then half-cosine to ``min_ratio``."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def momentum_at(step: int, total_steps: int, start: float, end: float = 1.0) -> float:
+    """Cosine momentum schedule from ``start`` to ``end`` (BYOL, CMAE)."""
+    progress = min(1.0, step / max(1, total_steps))
+    return end - (end - start) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """``target = momentum * target + (1 - momentum) * online`` for parameters and float buffers."""
+    target_params = list(target.parameters())
+    online_params = list(online.parameters())
+    if target_params:
+        torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
+    for t, o in zip(target.buffers(), online.buffers(), strict=True):
+        if t.dtype.is_floating_point:
+            t.lerp_(o, 1.0 - momentum)
+        else:
+            t.copy_(o)
+
+
+class PretrainModule(L.LightningModule):
+    """Plumbing that every pretraining method shares.
+
+    A method implements :meth:`compute_loss`, returning a dict with a scalar
+    ``"loss"`` and any other scalars to log; the base owns the rest.
+
+    Args:
+        optimizer: builds the optimizer from parameter groups; its ``lr`` is the
+            base learning rate per 256 samples.
+        lr_scheduler: optional scheduler factory; ``None`` gives per-step linear
+            warmup then cosine decay.
+        scale_lr: ``lr = base_lr * effective_batch / 256`` with the effective batch
+            ``batch x devices x nodes x accumulation`` taken from the trainer.
+        warmup_epochs: warmup length in epochs (fractions allowed).
+        warmup_steps: warmup length in optimizer steps; overrides ``warmup_epochs``.
+        min_lr_ratio: final learning rate as a fraction of the peak.
+        max_nonfinite_steps: consecutive steps with a NaN/inf loss tolerated (each
+            skipped) before training stops with an error.
+        ema_momentum: start of the cosine momentum schedule for ``momentum_pairs``.
+        ema_momentum_end: end of that schedule.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = default_adamw,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        scale_lr: bool = True,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int | None = None,
+        min_lr_ratio: float = 0.0,
+        max_nonfinite_steps: int = 20,
+        ema_momentum: float = 0.996,
+        ema_momentum_end: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.scale_lr = scale_lr
+        self.warmup_epochs = warmup_epochs
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.ema_momentum = ema_momentum
+        self.ema_momentum_end = ema_momentum_end
+        self.nonfinite_streak = 0
+
+    # ----- extension points -----------------------------------------------------
+
+    def compute_loss(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Returns ``{"loss": scalar, ...}`` for a batch.
+
+        Args:
+            batch: the data contract's dict (``pixels``, maybe ``label`` / ``views``).
+            generator: seeded generator for masks (validation uses a fixed one).
+        """
+        raise NotImplementedError
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(online, target)`` module pairs updated by EMA after every optimizer step."""
+        return []
+
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Parameters the optimizer updates (momentum targets are excluded by ``requires_grad``)."""
+        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What a later loader needs to rebuild the encoder (stored under ``"mimkit"``)."""
+        return {"method": type(self).__name__}
+
+    # ----- batch size and learning rate -------------------------------------------
+
+    def per_device_batch_size(self) -> int:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        size = getattr(datamodule, "batch_size", None)
+        if size is None:
+            loader = self.trainer.train_dataloader
+            size = getattr(loader, "batch_size", None)
+        if not size:
+            raise RuntimeError(
+                "cannot read the batch size from the datamodule or train dataloader; "
+                "set scale_lr=False or give the datamodule a `batch_size` attribute"
+            )
+        return int(size)
+
+    def effective_batch_size(self) -> int:
+        """``batch x devices x nodes x accumulation``."""
+        trainer = self.trainer
+        return self.per_device_batch_size() * trainer.world_size * trainer.accumulate_grad_batches
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(weight_decay_groups(self.named_trainable_parameters()))
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        if self.scale_lr:
+            effective = self.effective_batch_size()
+            factor = effective / 256
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] * factor
+            rank_zero_info(
+                f"effective batch {effective} = {self.per_device_batch_size()} per device x "
+                f"{self.trainer.world_size} devices x {self.trainer.accumulate_grad_batches} "
+                f"accumulation; lr = base_lr x {effective}/256 = {optimizer.param_groups[0]['lr']:.3g}"
+            )
+        if self.lr_scheduler_factory is not None:
+            scheduler = self.lr_scheduler_factory(optimizer)
+        else:
+            warmup = self.resolve_warmup_steps(total_steps)
+            scheduler = LambdaLR(
+                optimizer,
+                lambda step: warmup_cosine(step, warmup, total_steps, self.min_lr_ratio),
+            )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def resolve_warmup_steps(self, total_steps: int) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        if self.warmup_epochs <= 0:
+            return 0
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs <= 0:
+            raise ValueError("warmup_epochs needs trainer.max_epochs; set warmup_steps instead")
+        return int(round(self.warmup_epochs * total_steps / max_epochs))
+
+    # ----- steps ------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        outputs = self.compute_loss(batch)
+        loss = outputs["loss"]
+        finite = bool(torch.isfinite(loss.detach()).all())
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            self.nonfinite_streak += 1
+            self.log("train/nonfinite_streak", float(self.nonfinite_streak))
+            rank_zero_warn(
+                f"non-finite loss at step {self.global_step}: step skipped "
+                f"({self.nonfinite_streak}/{self.max_nonfinite_steps} in a row)"
+            )
+            if self.nonfinite_streak >= self.max_nonfinite_steps:
+                raise RuntimeError(
+                    f"the loss was NaN/inf for {self.nonfinite_streak} consecutive steps "
+                    f"(max_nonfinite_steps={self.max_nonfinite_steps}), last at step "
+                    f"{self.global_step}. Lower the learning rate, use bf16 instead of fp16, "
+                    "or check the data for broken inputs."
+                )
+            return None
+        self.nonfinite_streak = 0
+        batch_size = _batch_size(batch)
+        for name, value in outputs.items():
+            self.log(
+                f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=batch_size
+            )
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        outputs = self.compute_loss(batch, generator=generator)
+        batch_size = _batch_size(batch)
+        for name, value in outputs.items():
+            self.log(
+                f"val/{name}", value, prog_bar=name == "loss", batch_size=batch_size, sync_dist=True
+            )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        pairs = self.momentum_pairs()
+        if not pairs or (batch_idx + 1) % self.trainer.accumulate_grad_batches:
+            return
+        momentum = self.current_momentum()
+        for online, target in pairs:
+            ema_update(online, target, momentum)
+        self.log("train/ema_momentum", momentum)
+
+    def current_momentum(self) -> float:
+        total = int(self.trainer.estimated_stepping_batches)
+        return momentum_at(self.global_step, total, self.ema_momentum, self.ema_momentum_end)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mimkit"] = self.checkpoint_metadata()
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    pixels = batch.get("pixels")
+    if pixels is None and "views" in batch:
+        pixels = batch["views"][0]
+    return int(pixels.shape[0]) if pixels is not None else 1

@@ -1,0 +1,103 @@
+"""The lightweight MAE decoder: visible latents plus mask tokens to patch predictions."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.layers import Mlp
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import AttentionBackend, use_backend
+from .encoder import gather_tokens, mae_init_weights
+from .pos_embed import sincos_2d
+
+__all__ = ["MAEDecoder"]
+
+
+class MAEDecoder(nn.Module):
+    """Transformer decoder of MAE with fixed sin-cos positions.
+
+    Args:
+        grid_size: ``(H, W)`` patch grid of the encoder.
+        encoder_dim: encoder width ``D``.
+        out_dim: values predicted per patch (``p * p * C`` for pixels).
+        num_prefix_tokens: prefix tokens the encoder emits before the patches.
+        dim: decoder width.
+        depth: decoder blocks.
+        num_heads: decoder attention heads.
+        mlp_ratio: MLP hidden width over ``dim``.
+        attn_backend: attention kernel, as for the encoder.
+        grad_checkpointing: recompute each block in backward.
+    """
+
+    def __init__(
+        self,
+        grid_size: tuple[int, ...],
+        encoder_dim: int,
+        out_dim: int,
+        num_prefix_tokens: int = 1,
+        dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        attn_backend: AttentionBackend = "auto",
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        self.num_prefix_tokens = num_prefix_tokens
+        self.grad_checkpointing = grad_checkpointing
+        self.embed = nn.Linear(encoder_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos_embed", self._position_table(dim), persistent=False)
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.Sequential(
+            *[
+                Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm, mlp_layer=Mlp)
+                for _ in range(depth)
+            ]
+        )
+        self.norm = norm(dim)
+        self.pred = nn.Linear(dim, out_dim)
+        use_backend(self.blocks, attn_backend)
+        self.apply(mae_init_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def _position_table(self, dim: int) -> Tensor:
+        if len(self.grid_size) != 2:
+            raise ValueError(f"MAEDecoder takes a 2D grid, got {self.grid_size}")
+        table = sincos_2d((self.grid_size[0], self.grid_size[1]), dim)
+        prefix = torch.zeros(self.num_prefix_tokens, dim)
+        return torch.cat([prefix, table], dim=0).unsqueeze(0)  # (1, P + N, dim)
+
+    def forward(
+        self, latent: Tensor, ids_restore: Tensor, ids_predict: Tensor | None = None
+    ) -> Tensor:
+        """Predicts patch values.
+
+        Args:
+            latent: ``(B, P + N_keep, D)`` encoder output, prefix tokens first.
+            ids_restore: ``(B, N)`` unshuffle indices (see ``Mask.ids_restore``).
+            ids_predict: ``(B, K)`` patches to return; ``None`` returns all ``N``.
+
+        Returns:
+            ``(B, N, out_dim)``, or ``(B, K, out_dim)`` with ``ids_predict``.
+        """
+        x = self.embed(latent)
+        prefix, visible = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
+        batch, num_tokens = ids_restore.shape
+        masks = self.mask_token.to(x.dtype).expand(batch, num_tokens - visible.shape[1], -1)
+        patches = gather_tokens(torch.cat([visible, masks], dim=1), ids_restore)
+        x = torch.cat([prefix, patches], dim=1) + self.pos_embed.to(x.dtype)
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        x = x[:, self.num_prefix_tokens :]
+        if ids_predict is not None:
+            x = gather_tokens(x, ids_predict)
+        return self.pred(self.norm(x))

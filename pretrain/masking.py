@@ -1,0 +1,252 @@
+"""Token masking for masked image modeling.
+
+Every generator returns a :class:`Mask` whose samples all keep exactly the same
+number of visible tokens, so the encoder can run on a dense ``(B, N_keep, D)``
+tensor with one gather. Masks are made on the requested device from an optional
+seeded :class:`torch.Generator`; no Python loop runs over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Mask",
+    "MaskGenerator",
+    "RandomMasking",
+    "BlockMasking",
+    "mask_from_scores",
+    "random_mask",
+    "block_mask",
+]
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A batch of masks over ``N`` tokens.
+
+    Attributes:
+        ids_keep: ``(B, N_keep)`` indices of visible tokens, ascending.
+        ids_masked: ``(B, N_mask)`` indices of masked tokens, ascending.
+        mask: ``(B, N)`` bool, ``True`` where the token is masked.
+    """
+
+    ids_keep: Tensor
+    ids_masked: Tensor
+    mask: Tensor
+
+    @property
+    def num_keep(self) -> int:
+        return self.ids_keep.shape[1]
+
+    @property
+    def num_masked(self) -> int:
+        return self.ids_masked.shape[1]
+
+    @property
+    def ids_restore(self) -> Tensor:
+        """``(B, N)`` positions that put ``cat([kept, masked], 1)`` back in token order."""
+        return torch.argsort(torch.cat([self.ids_keep, self.ids_masked], dim=1), dim=1)
+
+
+def mask_from_scores(scores: Tensor, num_masked: int) -> Mask:
+    """Masks the ``num_masked`` highest-scoring tokens of each sample.
+
+    Args:
+        scores: ``(B, N)`` float; ties are broken by sort order.
+        num_masked: how many tokens to mask in every sample.
+    """
+    batch, num_tokens = scores.shape
+    if not 0 <= num_masked < num_tokens:
+        raise ValueError(f"num_masked must be in [0, {num_tokens}), got {num_masked}")
+    order = torch.argsort(scores, dim=1, descending=True)
+    ids_masked = order[:, :num_masked].sort(dim=1).values
+    ids_keep = order[:, num_masked:].sort(dim=1).values
+    mask = torch.zeros(batch, num_tokens, dtype=torch.bool, device=scores.device)
+    mask.scatter_(1, ids_masked, True)
+    return Mask(ids_keep=ids_keep, ids_masked=ids_masked, mask=mask)
+
+
+def num_masked_tokens(num_tokens: int, mask_ratio: float) -> int:
+    """Number of masked tokens for a ratio, as in MAE: ``N - int(N * (1 - ratio))``."""
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    return num_tokens - int(num_tokens * (1.0 - mask_ratio))
+
+
+def random_mask(
+    batch_size: int,
+    num_tokens: int,
+    mask_ratio: float,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Mask:
+    """Uniform random masking (MAE): every sample masks the same number of tokens.
+
+    Args:
+        batch_size: ``B``.
+        num_tokens: ``N``.
+        mask_ratio: fraction of tokens to mask.
+        device: where the mask is made (the generator's device when one is given).
+        generator: optional seeded generator.
+    """
+    if generator is not None:
+        device = generator.device
+    noise = torch.rand(batch_size, num_tokens, device=device, generator=generator)
+    return mask_from_scores(noise, num_masked_tokens(num_tokens, mask_ratio))
+
+
+def block_mask(
+    batch_size: int,
+    grid_size: tuple[int, int],
+    mask_ratio: float,
+    min_block_tokens: int = 16,
+    max_block_tokens: int | None = None,
+    min_aspect: float = 0.3,
+    max_attempts: int = 64,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Mask:
+    """Block-wise masking (BEiT / CAE) with an exact masked count.
+
+    Rectangles with area in ``[min_block_tokens, max_block_tokens]`` and log-uniform
+    aspect ratio in ``[min_aspect, 1 / min_aspect]`` are painted, all samples in
+    parallel, while they keep the sample at or under its budget. The remainder of
+    the budget is then filled with random tokens so that every sample masks exactly
+    ``num_masked_tokens(H * W, mask_ratio)`` tokens.
+
+    Args:
+        batch_size: ``B``.
+        grid_size: ``(H, W)`` token grid.
+        mask_ratio: fraction of tokens to mask.
+        min_block_tokens: smallest block area, in tokens.
+        max_block_tokens: largest block area (defaults to the budget).
+        min_aspect: smallest block aspect ratio.
+        max_attempts: rounds of block proposals.
+        device: where the mask is made (the generator's device when one is given).
+        generator: optional seeded generator.
+    """
+    if generator is not None:
+        device = generator.device
+    height, width = grid_size
+    num_tokens = height * width
+    budget = num_masked_tokens(num_tokens, mask_ratio)
+    max_block_tokens = budget if max_block_tokens is None else max_block_tokens
+    min_block_tokens = min(min_block_tokens, max(budget, 1))
+    log_aspect = (math.log(min_aspect), -math.log(min_aspect))
+
+    rows = torch.arange(height, device=device).view(1, height, 1)
+    cols = torch.arange(width, device=device).view(1, 1, width)
+    painted = torch.zeros(batch_size, height, width, dtype=torch.bool, device=device)
+
+    def uniform(low: float, high: float) -> Tensor:
+        u = torch.rand(batch_size, device=device, generator=generator)
+        return low + (high - low) * u
+
+    for _ in range(max_attempts if budget > 0 else 0):
+        area = uniform(min_block_tokens, max(max_block_tokens, min_block_tokens))
+        aspect = torch.exp(uniform(*log_aspect))
+        block_h = torch.sqrt(area * aspect).round().long().clamp(1, height)
+        block_w = torch.sqrt(area / aspect).round().long().clamp(1, width)
+        top = (uniform(0, 1) * (height - block_h + 1).float()).long()
+        left = (uniform(0, 1) * (width - block_w + 1).float()).long()
+        block = (
+            (rows >= top.view(-1, 1, 1))
+            & (rows < (top + block_h).view(-1, 1, 1))
+            & (cols >= left.view(-1, 1, 1))
+            & (cols < (left + block_w).view(-1, 1, 1))
+        )
+        candidate = painted | block
+        fits = candidate.flatten(1).sum(1) <= budget
+        painted = torch.where(fits.view(-1, 1, 1), candidate, painted)
+        if bool((painted.flatten(1).sum(1) >= budget).all()):
+            break
+
+    # Painted tokens score in [1, 2), the rest in [0, 1): painted ones are masked first.
+    noise = torch.rand(batch_size, num_tokens, device=device, generator=generator)
+    return mask_from_scores(painted.flatten(1).float() + noise, budget)
+
+
+class MaskGenerator:
+    """Base class for configurable mask generators (``class_path`` in recipes)."""
+
+    mask_ratio: float
+
+    def __call__(
+        self,
+        batch_size: int,
+        grid_size: tuple[int, ...],
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Mask:
+        raise NotImplementedError
+
+    def num_visible(self, grid_size: tuple[int, ...]) -> int:
+        """Visible tokens per sample for a grid, constant for a configuration."""
+        num_tokens = math.prod(grid_size)
+        return num_tokens - num_masked_tokens(num_tokens, self.mask_ratio)
+
+
+class RandomMasking(MaskGenerator):
+    """Uniform random masking over all tokens (MAE, MAE-ST space-time random).
+
+    Args:
+        mask_ratio: fraction of tokens to mask.
+    """
+
+    def __init__(self, mask_ratio: float = 0.75) -> None:
+        num_masked_tokens(1, mask_ratio)
+        self.mask_ratio = mask_ratio
+
+    def __call__(self, batch_size, grid_size, device=None, generator=None) -> Mask:
+        return random_mask(batch_size, math.prod(grid_size), self.mask_ratio, device, generator)
+
+    def __repr__(self) -> str:
+        return f"RandomMasking(mask_ratio={self.mask_ratio})"
+
+
+class BlockMasking(MaskGenerator):
+    """Block-wise masking as in BEiT and CAE.
+
+    Args:
+        mask_ratio: fraction of tokens to mask (CAE uses about 0.5).
+        min_block_tokens: smallest block area in tokens (BEiT: 16).
+        max_block_tokens: largest block area (``None``: the whole budget).
+        min_aspect: smallest aspect ratio of a block (BEiT: 0.3).
+    """
+
+    def __init__(
+        self,
+        mask_ratio: float = 0.5,
+        min_block_tokens: int = 16,
+        max_block_tokens: int | None = None,
+        min_aspect: float = 0.3,
+    ) -> None:
+        num_masked_tokens(1, mask_ratio)
+        self.mask_ratio = mask_ratio
+        self.min_block_tokens = min_block_tokens
+        self.max_block_tokens = max_block_tokens
+        self.min_aspect = min_aspect
+
+    def __call__(self, batch_size, grid_size, device=None, generator=None) -> Mask:
+        if len(grid_size) != 2:
+            raise ValueError(f"BlockMasking needs a 2D grid, got {tuple(grid_size)}")
+        return block_mask(
+            batch_size,
+            (grid_size[0], grid_size[1]),
+            self.mask_ratio,
+            self.min_block_tokens,
+            self.max_block_tokens,
+            self.min_aspect,
+            device=device,
+            generator=generator,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"BlockMasking(mask_ratio={self.mask_ratio}, min_block_tokens={self.min_block_tokens})"
+        )

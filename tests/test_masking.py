@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from mimkit.pretrain.masking import BlockMasking, RandomMasking, block_mask, random_mask
+
+
+def _check_partition(mask, num_tokens: int, num_masked: int) -> None:
+    batch = mask.mask.shape[0]
+    assert mask.mask.shape == (batch, num_tokens)
+    assert mask.ids_keep.shape == (batch, num_tokens - num_masked)
+    assert mask.ids_masked.shape == (batch, num_masked)
+    assert (mask.mask.sum(1) == num_masked).all()
+    both = torch.cat([mask.ids_keep, mask.ids_masked], 1).sort(1).values
+    assert torch.equal(both, torch.arange(num_tokens).expand(batch, -1))
+    assert mask.mask.gather(1, mask.ids_masked).all()
+    assert not mask.mask.gather(1, mask.ids_keep).any()
+    restored = torch.cat([mask.ids_keep, mask.ids_masked], 1).gather(1, mask.ids_restore)
+    assert torch.equal(restored, torch.arange(num_tokens).expand(batch, -1))
+
+
+@pytest.mark.parametrize("ratio,num_tokens", [(0.75, 196), (0.9, 64), (0.5, 10), (0.0, 7)])
+def test_random_mask_counts_and_partition(ratio, num_tokens):
+    mask = random_mask(16, num_tokens, ratio)
+    expected = num_tokens - int(num_tokens * (1 - ratio))
+    _check_partition(mask, num_tokens, expected)
+
+
+def test_random_mask_seeded_determinism_and_variety():
+    a = random_mask(8, 196, 0.75, generator=torch.Generator().manual_seed(3))
+    b = random_mask(8, 196, 0.75, generator=torch.Generator().manual_seed(3))
+    c = random_mask(8, 196, 0.75, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a.mask, b.mask)
+    assert not torch.equal(a.mask, c.mask)
+    assert len({tuple(row.tolist()) for row in a.ids_keep}) == 8  # samples differ
+
+
+def test_random_mask_is_uniform_over_positions():
+    mask = random_mask(4000, 16, 0.75, generator=torch.Generator().manual_seed(0))
+    rate = mask.mask.float().mean(0)
+    assert torch.allclose(rate, torch.full_like(rate, 0.75), atol=0.03)
+
+
+@pytest.mark.parametrize("grid,ratio", [((14, 14), 0.5), ((8, 8), 0.4), ((16, 16), 0.75)])
+def test_block_mask_exact_count(grid, ratio):
+    mask = block_mask(32, grid, ratio, generator=torch.Generator().manual_seed(0))
+    num_tokens = grid[0] * grid[1]
+    _check_partition(mask, num_tokens, num_tokens - int(num_tokens * (1 - ratio)))
+
+
+def test_block_mask_is_blocky():
+    """Block masks have far more masked neighbours than random masks of the same ratio."""
+
+    def neighbour_agreement(m):
+        grid = m.mask.view(-1, 14, 14).float()
+        right = (grid[:, :, 1:] * grid[:, :, :-1]).sum()
+        down = (grid[:, 1:] * grid[:, :-1]).sum()
+        return float((right + down) / grid.sum())
+
+    gen = torch.Generator().manual_seed(0)
+    blocky = neighbour_agreement(block_mask(64, (14, 14), 0.5, generator=gen))
+    scattered = neighbour_agreement(random_mask(64, 196, 0.5, generator=gen))
+    assert blocky > scattered + 0.4
+
+
+def test_block_mask_determinism():
+    a = BlockMasking(0.5)(4, (14, 14), generator=torch.Generator().manual_seed(1))
+    b = BlockMasking(0.5)(4, (14, 14), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.mask, b.mask)
+
+
+def test_generator_objects_and_visible_count():
+    masking = RandomMasking(0.75)
+    assert masking.num_visible((14, 14)) == 49
+    mask = masking(3, (14, 14))
+    assert mask.num_keep == 49 and mask.num_masked == 147
+    with pytest.raises(ValueError, match="mask_ratio"):
+        RandomMasking(1.0)
+    with pytest.raises(ValueError, match="2D grid"):
+        BlockMasking(0.5)(2, (2, 4, 4))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_masks_are_made_on_device():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for mask in (
+        random_mask(4, 196, 0.75, generator=gen),
+        block_mask(4, (14, 14), 0.5, generator=gen),
+    ):
+        assert mask.mask.is_cuda and mask.ids_keep.is_cuda
