@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 USAGE = """usage: mimkit <command> [options]
 
@@ -32,11 +33,23 @@ PENDING: dict[str, str] = {
 }
 
 
+@contextmanager
+def argv_for(prog: str, args: Sequence[str]) -> Iterator[None]:
+    """Presents ``args`` as the process arguments while a LightningCLI parses them."""
+    saved = sys.argv
+    sys.argv = [prog, *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def run_pretrain(args: Sequence[str]) -> int:
     """``mimkit pretrain {fit,validate} --config recipe.yaml ...``."""
     from .pretrain_cli import PretrainCLI
 
-    PretrainCLI(args=list(args))
+    with argv_for("mimkit pretrain", args):
+        PretrainCLI()
     return 0
 
 

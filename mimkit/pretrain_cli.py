@@ -63,7 +63,10 @@ class PretrainCLI(MimkitCLI):
                 "callbacks": [LearningRateMonitor(logging_interval="step"), ReportSkippedSamples()],
                 "default_root_dir": "runs/pretrain",
             },
-            parser_kwargs={"prog": "mimkit pretrain"},
+            parser_kwargs={
+                "prog": "mimkit pretrain",
+                "description": "Pretrain an encoder with a masked-modeling method from a YAML recipe.",
+            },
             **kwargs,
         )
 

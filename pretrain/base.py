@@ -254,8 +254,10 @@ class PretrainModule(L.LightningModule):
         self.log("train/ema_momentum", momentum)
 
     def current_momentum(self) -> float:
+        """Momentum of the EMA update that follows optimizer step ``global_step - 1``."""
         total = int(self.trainer.estimated_stepping_batches)
-        return momentum_at(self.global_step, total, self.ema_momentum, self.ema_momentum_end)
+        step = max(0, self.global_step - 1)
+        return momentum_at(step, total, self.ema_momentum, self.ema_momentum_end)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mimkit"] = self.checkpoint_metadata()

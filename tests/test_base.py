@@ -1,0 +1,155 @@
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from mimkit.data import Synthetic
+from mimkit.pretrain import MAE, RandomMasking, ViTEncoder
+from mimkit.pretrain.base import (
+    PretrainModule,
+    ema_update,
+    momentum_at,
+    warmup_cosine,
+    weight_decay_groups,
+)
+
+
+def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+class Regression(PretrainModule):
+    """A one-layer method whose loss can be forced to NaN at chosen steps."""
+
+    def __init__(self, nan_steps=(), **kwargs):
+        super().__init__(**kwargs)
+        self.layer = nn.Linear(3, 1)
+        self.norm = nn.LayerNorm(3)
+        self.nan_steps = set(nan_steps)
+        self.calls = 0
+        self.weights_seen = []
+
+    def compute_loss(self, batch, generator=None):
+        self.weights_seen.append(self.layer.weight.detach().clone())
+        loss = self.layer(self.norm(batch["pixels"].mean((2, 3)))).pow(2).mean()
+        if self.calls in self.nan_steps:
+            loss = loss * float("nan")
+        self.calls += 1
+        return {"loss": loss}
+
+
+def tiny_data(batch_size=4, num_samples=32):
+    return Synthetic(img_size=8, batch_size=batch_size, num_samples=num_samples, num_val_samples=4)
+
+
+def test_weight_decay_groups_follow_mae():
+    encoder = ViTEncoder(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, model_kwargs={"depth": 1}
+    )
+    model = MAE(encoder, RandomMasking(0.75), decoder_dim=32, decoder_depth=1, decoder_heads=4)
+    decay, no_decay = weight_decay_groups(model.named_parameters())
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    plain = {names[id(p)] for p in no_decay["params"]}
+    assert no_decay["weight_decay"] == 0.0
+    assert "encoder.blocks.0.attn.qkv.weight" in decayed
+    assert "encoder.patch_embed.proj.weight" in decayed
+    assert {
+        "encoder.cls_token",
+        "decoder.mask_token",
+        "encoder.norm.weight",
+        "encoder.blocks.0.attn.qkv.bias",
+    } <= plain
+    assert "encoder.pos_embed" not in decayed | plain  # fixed, not optimized
+    assert all(p.ndim >= 2 for p in decay["params"])
+
+
+def test_warmup_cosine_schedule_values():
+    assert warmup_cosine(0, 10, 110) == 0.0
+    assert warmup_cosine(5, 10, 110) == pytest.approx(0.5)
+    assert warmup_cosine(10, 10, 110) == pytest.approx(1.0)
+    assert warmup_cosine(60, 10, 110) == pytest.approx(0.5)
+    assert warmup_cosine(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
+    assert momentum_at(0, 100, 0.996) == pytest.approx(0.996)
+    assert momentum_at(100, 100, 0.996) == pytest.approx(1.0)
+    assert momentum_at(50, 100, 0.99) == pytest.approx(0.995)
+
+
+def test_lr_scales_with_effective_batch_and_accumulation(tmp_path):
+    model = Regression(warmup_steps=2)
+    trainer = quiet_trainer(tmp_path, max_steps=4, accumulate_grad_batches=2)
+    trainer.fit(model, datamodule=tiny_data(batch_size=4))
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.base_lrs[0] == pytest.approx(1.5e-4 * (4 * 2) / 256)
+    assert model.effective_batch_size() == 8
+    # per-step schedule: 4 optimizer steps with 2 warmup steps, cosine to 0 at step 4
+    expected = warmup_cosine(4, 2, 4) * 1.5e-4 * 8 / 256
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_nonfinite_loss_skips_the_step(tmp_path):
+    model = Regression(
+        nan_steps={1}, scale_lr=False, optimizer=lambda p: torch.optim.SGD(p, lr=0.1)
+    )
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_train_batches=4, max_epochs=1)
+    trainer.fit(model, datamodule=tiny_data())
+    seen = model.weights_seen
+    assert not torch.equal(seen[0], seen[1])  # step 0 updated the weights
+    assert torch.equal(seen[1], seen[2])  # the NaN step 1 changed nothing
+    assert model.nonfinite_streak == 0
+    assert torch.isfinite(model.layer.weight).all()
+
+
+def test_consecutive_nonfinite_losses_stop_with_a_clear_error(tmp_path):
+    model = Regression(nan_steps=set(range(100)), max_nonfinite_steps=3)
+    trainer = quiet_trainer(tmp_path, max_steps=10)
+    with pytest.raises(RuntimeError, match=r"NaN/inf for 3 consecutive steps"):
+        trainer.fit(model, datamodule=tiny_data())
+
+
+def test_ema_update_matches_formula():
+    torch.manual_seed(0)
+    online, target = nn.Linear(4, 4), nn.Linear(4, 4)
+    before = [p.detach().clone() for p in target.parameters()]
+    ema_update(online, target, 0.9)
+    for old, new, src in zip(before, target.parameters(), online.parameters(), strict=True):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * src)
+
+
+class EmaPair(Regression):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.target = nn.Linear(3, 1).requires_grad_(False)
+
+    def momentum_pairs(self):
+        return [(self.layer, self.target)]
+
+
+def test_momentum_pairs_follow_schedule_once_per_optimizer_step(tmp_path):
+    model = EmaPair(ema_momentum=0.5, scale_lr=False)
+    start = model.target.weight.detach().clone()
+    trainer = quiet_trainer(tmp_path, max_steps=2, accumulate_grad_batches=2)
+    trainer.fit(model, datamodule=tiny_data())
+    # 2 optimizer steps over 4 batches: exactly two EMA updates with the cosine momentum
+    online_after = [model.weights_seen[2], model.layer.weight.detach()]
+    expected = start
+    for step, online in enumerate(online_after):
+        m = momentum_at(step, 2, 0.5)
+        expected = m * expected + (1 - m) * online
+    torch.testing.assert_close(model.target.weight, expected)
+    assert not model.target.weight.requires_grad
+    assert math.isclose(momentum_at(1, 2, 0.5), 0.75)
