@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from timm.layers import Attention as TimmAttention
 from torch import Tensor, nn
 
-__all__ = ["AttentionBackend", "BackendAttention", "xformers_available", "use_backend"]
+__all__ = [
+    "AttentionBackend",
+    "BackendAttention",
+    "prepare_attention",
+    "use_backend",
+    "xformers_available",
+]
 
 AttentionBackend = Literal["auto", "xformers", "sdpa", "math"]
 BACKENDS: tuple[str, ...] = ("auto", "xformers", "sdpa", "math")
@@ -102,6 +108,13 @@ class BackendAttention(nn.Module):
             return "xformers"
         return "sdpa"
 
+    def prepare(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+        """Resolves the backend ahead of the first call (before ``torch.compile``)."""
+        probe = torch.zeros(1, 8, self.num_heads, self.head_dim, device=device, dtype=dtype)
+        self._resolved = self._resolve(probe)
+        _announce(f"attention backend: {self._resolved} (requested {self.backend})")
+        return self._resolved
+
     def _xformers_runs(self, q: Tensor) -> bool:
         try:
             ops = _import_xformers_ops()
@@ -154,6 +167,15 @@ class BackendAttention(nn.Module):
         if gate is not None:
             out = out * gate
         return self.proj_drop(self.proj(out))
+
+
+def prepare_attention(
+    module: nn.Module, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> None:
+    """Resolves the backend of every :class:`BackendAttention` in ``module`` now."""
+    for child in module.modules():
+        if isinstance(child, BackendAttention):
+            child.prepare(device, dtype)
 
 
 def use_backend(module: nn.Module, backend: AttentionBackend) -> int:

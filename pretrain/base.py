@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from .attention import prepare_attention
+
 __all__ = [
     "PretrainModule",
     "default_adamw",
@@ -22,31 +24,55 @@ __all__ = [
     "momentum_at",
     "ema_update",
     "weight_decay_groups",
+    "canonical_name",
 ]
 
 log = logging.getLogger(__name__)
 
 
 def default_adamw(params: Iterable[Any]) -> Optimizer:
-    """AdamW with MAE's pretraining settings (base lr 1.5e-4 per 256 samples)."""
-    return AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    """Fused AdamW with MAE's pretraining settings (base lr 1.5e-4 per 256 samples)."""
+    return AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
 
 
-def weight_decay_groups(named_params: Iterable[tuple[str, nn.Parameter]]) -> list[dict[str, Any]]:
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def canonical_name(name: str) -> str:
+    """A parameter name without the prefixes FSDP, checkpoint wrappers or compile insert."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def is_decayed(name: str, param: nn.Parameter) -> bool:
+    """Weight decay applies to matrices and kernels, not to 1-D params, positions or tokens."""
+    leaf = name.rsplit(".", 1)[-1]
+    return param.ndim >= 2 and "pos_embed" not in leaf and "token" not in leaf
+
+
+def weight_decay_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], decayed_names: set[str] | None = None
+) -> list[dict[str, Any]]:
     """Splits trainable parameters into a decayed and a non-decayed group.
 
     No weight decay for 1-D parameters (norms, biases), position embeddings and
     learned tokens (class, register, mask tokens), as in MAE and timm.
+
+    Args:
+        named_params: ``(name, parameter)`` pairs.
+        decayed_names: names (without wrapper prefixes) to decay, recorded before the
+            model was sharded; needed under FSDP, where parameters are flat views.
     """
     decay, no_decay = [], []
     for name, param in named_params:
         if not param.requires_grad:
             continue
-        leaf = name.rsplit(".", 1)[-1]
-        if param.ndim <= 1 or any(part in leaf for part in ("pos_embed", "token")):
-            no_decay.append(param)
+        if decayed_names is None:
+            decayed = is_decayed(name, param)
         else:
-            decay.append(param)
+            decayed = canonical_name(name) in decayed_names
+        (decay if decayed else no_decay).append(param)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -98,6 +124,8 @@ class PretrainModule(L.LightningModule):
             skipped) before training stops with an error.
         ema_momentum: start of the cosine momentum schedule for ``momentum_pairs``.
         ema_momentum_end: end of that schedule.
+        compile_modules: ``torch.compile`` the modules named by ``compile_targets()``
+            (static shapes: the number of visible tokens is fixed per configuration).
     """
 
     def __init__(
@@ -111,6 +139,7 @@ class PretrainModule(L.LightningModule):
         max_nonfinite_steps: int = 20,
         ema_momentum: float = 0.996,
         ema_momentum_end: float = 1.0,
+        compile_modules: bool = False,
     ) -> None:
         super().__init__()
         self.optimizer_factory = optimizer
@@ -122,7 +151,9 @@ class PretrainModule(L.LightningModule):
         self.max_nonfinite_steps = max_nonfinite_steps
         self.ema_momentum = ema_momentum
         self.ema_momentum_end = ema_momentum_end
+        self.compile_modules = compile_modules
         self.nonfinite_streak = 0
+        self.decayed_names: set[str] | None = None
 
     # ----- extension points -----------------------------------------------------
 
@@ -149,6 +180,31 @@ class PretrainModule(L.LightningModule):
         """What a later loader needs to rebuild the encoder (stored under ``"mimkit"``)."""
         return {"method": type(self).__name__}
 
+    def compile_targets(self) -> list[str]:
+        """Names of the submodules compiled when ``compile_modules`` is set."""
+        return [
+            name
+            for name in ("encoder", "decoder")
+            if isinstance(getattr(self, name, None), nn.Module)
+        ]
+
+    # ----- setup --------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        # Recorded before any strategy wraps or shards the parameters.
+        self.decayed_names = {
+            canonical_name(n) for n, p in self.named_trainable_parameters() if is_decayed(n, p)
+        }
+
+    def on_fit_start(self) -> None:
+        if not self.compile_modules:
+            return
+        for name in self.compile_targets():
+            module = getattr(self, name)
+            prepare_attention(module, self.device)
+            module.compile(dynamic=False)
+        rank_zero_info(f"torch.compile: {', '.join(self.compile_targets())}")
+
     # ----- batch size and learning rate -------------------------------------------
 
     def per_device_batch_size(self) -> int:
@@ -164,13 +220,19 @@ class PretrainModule(L.LightningModule):
             )
         return int(size)
 
+    def samples_per_input(self) -> int:
+        """Training samples made from one loaded input (``mask_repeats`` in MAE)."""
+        return 1
+
     def effective_batch_size(self) -> int:
-        """``batch x devices x nodes x accumulation``."""
+        """``batch x repeats x devices x nodes x accumulation``."""
         trainer = self.trainer
-        return self.per_device_batch_size() * trainer.world_size * trainer.accumulate_grad_batches
+        per_device = self.per_device_batch_size() * self.samples_per_input()
+        return per_device * trainer.world_size * trainer.accumulate_grad_batches
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(weight_decay_groups(self.named_trainable_parameters()))
+        groups = weight_decay_groups(self.named_trainable_parameters(), self.decayed_names)
+        optimizer = self.optimizer_factory(groups)
         total_steps = int(self.trainer.estimated_stepping_batches)
         if self.scale_lr:
             effective = self.effective_batch_size()
@@ -179,6 +241,7 @@ class PretrainModule(L.LightningModule):
                 group["lr"] = group["lr"] * factor
             rank_zero_info(
                 f"effective batch {effective} = {self.per_device_batch_size()} per device x "
+                f"{self.samples_per_input()} repeats x "
                 f"{self.trainer.world_size} devices x {self.trainer.accumulate_grad_batches} "
                 f"accumulation; lr = base_lr x {effective}/256 = {optimizer.param_groups[0]['lr']:.3g}"
             )

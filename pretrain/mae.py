@@ -33,6 +33,9 @@ class MAE(PretrainModule):
         decoder_depth: decoder blocks (8).
         decoder_heads: decoder attention heads (16).
         norm_pix_loss: regress per-patch normalized pixels (the paper's best setting).
+        mask_repeats: in training, each loaded image is used this many times with
+            different masks (as MAE-ST's repeated sampling), so one decode feeds several
+            samples; the effective batch for the learning-rate rule counts them.
         **kwargs: optimizer, schedule and stability settings of :class:`PretrainModule`.
     """
 
@@ -44,12 +47,16 @@ class MAE(PretrainModule):
         decoder_depth: int = 8,
         decoder_heads: int = 16,
         norm_pix_loss: bool = True,
+        mask_repeats: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.encoder = encoder
         self.masking = masking
         self.norm_pix_loss = norm_pix_loss
+        if mask_repeats < 1:
+            raise ValueError(f"mask_repeats must be >= 1, got {mask_repeats}")
+        self.mask_repeats = mask_repeats
         self.patch_size = encoder.patch_size
         self.decoder = MAEDecoder(
             grid_size=encoder.grid_size,
@@ -96,6 +103,8 @@ class MAE(PretrainModule):
         self, batch: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
         pixels = batch["pixels"]
+        if self.training and self.mask_repeats > 1:
+            pixels = pixels.repeat(self.mask_repeats, *([1] * (pixels.ndim - 1)))
         mask = self.mask(pixels.shape[0], generator)
         latent = self.encode(pixels, mask)
         pred = self.decode(latent, mask, ids_predict=mask.ids_masked)
@@ -127,6 +136,9 @@ class MAE(PretrainModule):
             "masked": unpatchify(patches.masked_fill(hidden, 0.0), self.patch_size, grid),
             "reconstruction": unpatchify(torch.where(hidden, pred, patches), self.patch_size, grid),
         }
+
+    def samples_per_input(self) -> int:
+        return self.mask_repeats
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         meta = super().checkpoint_metadata()

@@ -233,3 +233,27 @@ def test_training_reduces_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.75 * losses[0]
+
+
+def test_mask_repeats_reuse_each_image_with_different_masks():
+    model = tiny_mae()
+    model.mask_repeats = 3
+    pixels = torch.randn(2, 3, 32, 32)
+    seen = {}
+    original_encode = model.encode
+
+    def spy(pixels_in, mask):
+        seen["pixels"], seen["mask"] = pixels_in, mask
+        return original_encode(pixels_in, mask)
+
+    model.encode = spy
+    model.train()
+    model.compute_loss({"pixels": pixels})
+    assert seen["pixels"].shape[0] == 6
+    torch.testing.assert_close(seen["pixels"][4], pixels[0])  # repeat r of image i at r*B + i
+    masks = seen["mask"].mask
+    assert not torch.equal(masks[0], masks[2]) and not torch.equal(masks[0], masks[4])
+    assert model.samples_per_input() == 3
+    model.eval()
+    model.compute_loss({"pixels": pixels})
+    assert seen["pixels"].shape[0] == 2  # validation is not repeated

@@ -1,0 +1,301 @@
+"""``mimkit plan``: per-GPU batch, accumulation and checkpointing for a recipe's effective batch.
+
+Memory per GPU is modelled as ``static + batch * per_sample``:
+
+- ``static``: parameters, gradients and AdamW's two moments (all fp32 under any
+  ``*-mixed`` precision: 16 bytes per trainable parameter, 4 per frozen one).
+- ``per_sample``: the bytes autograd saves for backward for one sample, counted by
+  running the method's real loss on small batches with ``saved_tensors_hooks`` (unique
+  storages, parameters excluded), under the recipe's autocast dtype. With activation
+  checkpointing only block inputs are saved, plus one block's activations while it
+  is recomputed.
+
+On a CUDA machine ``--measure`` runs real training steps and reports the measured peak
+next to the estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MemoryModel", "saved_activation_bytes", "memory_model", "choose_batch", "main"]
+
+# Dense peak TFLOP/s for bf16 (tensor cores), used only for the expected step time.
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "V100": 125.0,
+}
+
+
+@dataclass
+class MemoryModel:
+    """Bytes per GPU as ``static + batch * per_sample``."""
+
+    static: int
+    per_sample: int
+    flops_per_sample: float
+
+    def bytes_for(self, batch: int) -> int:
+        return self.static + batch * self.per_sample
+
+
+def parse_bytes(text: str) -> int:
+    """``80GB``/``80GiB``/``80G`` -> bytes (GB read as GiB, as GPU memory is quoted)."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    if value and value[-1] in scale:
+        return int(float(value[:-1]) * scale[value[-1]])
+    return int(float(value))
+
+
+def saved_activation_bytes(run: Callable[[], Tensor], exclude: Sequence[Tensor] = ()) -> int:
+    """Bytes of the distinct storages autograd saves while ``run()`` builds its graph.
+
+    Args:
+        run: computes a loss (its graph is discarded).
+        exclude: tensors not to count (parameters, which are memory already).
+    """
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer not in excluded:
+            seen[pointer] = max(seen.get(pointer, 0), storage.nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = run()
+    del loss
+    return sum(seen.values())
+
+
+def _static_bytes(model: nn.Module) -> int:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return 16 * trainable + 4 * frozen
+
+
+def memory_model(
+    model: nn.Module,
+    make_batch: Callable[[int], dict],
+    autocast_dtype: torch.dtype | None = None,
+    batches: tuple[int, int] = (1, 2),
+) -> MemoryModel:
+    """Builds the memory model of a pretraining module by counting on the CPU.
+
+    Args:
+        model: a ``PretrainModule`` (its ``compute_loss`` is run in train mode).
+        make_batch: ``batch_size -> batch dict``.
+        autocast_dtype: ``torch.bfloat16`` for ``bf16-mixed``, ``None`` for fp32.
+        batches: two batch sizes; the difference gives the per-sample bytes.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    params = list(model.parameters())
+
+    def loss_for(batch_size: int) -> Callable[[], Tensor]:
+        batch = make_batch(batch_size)
+
+        def run() -> Tensor:
+            with torch.autocast(
+                "cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+            ):
+                return model.compute_loss(batch)["loss"]
+
+        return run
+
+    small, large = batches
+    low = saved_activation_bytes(loss_for(small), params)
+    high = saved_activation_bytes(loss_for(large), params)
+    per_sample = max(0, (high - low) // (large - small))
+    with FlopCounterMode(display=False) as counter:
+        loss_for(1)().backward()
+    model.zero_grad(set_to_none=True)
+    static = _static_bytes(model)
+    return MemoryModel(static, per_sample, float(counter.get_total_flops()))
+
+
+def choose_batch(
+    model: MemoryModel,
+    target_effective_batch: int,
+    gpus: int,
+    memory_bytes: int,
+    headroom: float = 0.9,
+) -> tuple[int, int] | None:
+    """Largest per-GPU batch that fits and divides the effective batch exactly.
+
+    Returns:
+        ``(per_gpu_batch, accumulation)`` or ``None`` when not even one sample fits.
+    """
+    budget = headroom * memory_bytes
+    if model.bytes_for(1) > budget:
+        return None
+    per_gpu_total = max(1, target_effective_batch // gpus)
+    fitting = int((budget - model.static) // max(1, model.per_sample))
+    for batch in range(min(fitting, per_gpu_total), 0, -1):
+        if per_gpu_total % batch == 0:
+            return batch, per_gpu_total // batch
+    return 1, per_gpu_total
+
+
+CPU_SAFE = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.num_nodes=1",
+    "--trainer.strategy=auto",
+    "--trainer.logger=false",
+    "--model.compile_modules=false",
+]
+
+
+def _recipe_objects(config: str, overrides: Sequence[str]):
+    """The recipe's model and data, built on the CPU, and its trainer settings."""
+    import yaml
+
+    from mimkit.cli import argv_for
+    from mimkit.pretrain_cli import PretrainCLI
+
+    with open(config) as handle:
+        trainer_cfg = (yaml.safe_load(handle) or {}).get("trainer", {}) or {}
+    with argv_for("mimkit plan", ["--config", config, *overrides, *CPU_SAFE]):
+        cli = PretrainCLI(run=False)
+    return cli.model, cli.datamodule, trainer_cfg
+
+
+def _make_batch_fn(datamodule, in_chans: int = 3) -> Callable[[int], dict]:
+    size = int(getattr(datamodule, "img_size", 224))
+    frames = getattr(datamodule, "num_frames", None)
+
+    def make(batch_size: int) -> dict:
+        shape = (
+            (batch_size, in_chans, frames, size, size)
+            if frames
+            else (batch_size, in_chans, size, size)
+        )
+        pixels = torch.randn(shape)
+        return {
+            "pixels": pixels,
+            "views": [pixels, pixels.clone()],
+            "label": torch.zeros(batch_size, dtype=torch.long),
+        }
+
+    return make
+
+
+def _set_checkpointing(model: nn.Module, enabled: bool) -> None:
+    for module in model.modules():
+        if hasattr(module, "grad_checkpointing"):
+            module.grad_checkpointing = enabled
+
+
+def _measure_cuda(model: nn.Module, make_batch, batch: int, autocast_dtype) -> int:
+    model = model.cuda().train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)
+    cuda_batch = {
+        k: (v.cuda() if isinstance(v, Tensor) else [t.cuda() for t in v])
+        for k, v in make_batch(batch).items()
+    }
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        with torch.autocast(
+            "cuda", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            loss = model.compute_loss(cuda_batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:.2f} GiB"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mimkit plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="pretraining recipe (YAML)")
+    parser.add_argument(
+        "--gpus", type=int, required=True, help="GPUs in total (nodes x GPUs per node)"
+    )
+    parser.add_argument("--gpu-memory", default="80GB", help="memory per GPU, e.g. 80GB")
+    parser.add_argument(
+        "--gpu-name", default="H100", help=f"for the step-time estimate: {sorted(PEAK_BF16_TFLOPS)}"
+    )
+    parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilization")
+    parser.add_argument("--effective-batch", type=int, help="target (default: the recipe's)")
+    parser.add_argument("--measure", action="store_true", help="on CUDA: measure the chosen batch")
+    parser.epilog = "Other options are recipe overrides, e.g. --data.img_size=256."
+    args, overrides = parser.parse_known_args(argv)
+
+    model, datamodule, trainer_cfg = _recipe_objects(args.config, overrides)
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    autocast_dtype = torch.bfloat16 if precision.startswith("bf16") else None
+    recipe_batch = int(getattr(datamodule, "batch_size", 1)) * model.samples_per_input()
+    devices = trainer_cfg.get("devices", 1)
+    devices = devices if isinstance(devices, int) else args.gpus
+    nodes = int(trainer_cfg.get("num_nodes", 1))
+    accumulation = int(trainer_cfg.get("accumulate_grad_batches", 1))
+    target = args.effective_batch or recipe_batch * devices * nodes * accumulation
+    memory = parse_bytes(args.gpu_memory)
+    in_chans = getattr(getattr(model, "encoder", None), "in_chans", 3)
+    make_batch = _make_batch_fn(datamodule, in_chans)
+
+    print(
+        f"recipe: {args.config}\nprecision: {precision}; target effective batch: {target}; {args.gpus} GPUs x {_gib(memory)}"
+    )
+    choice, estimate, checkpointing = None, None, False
+    for checkpointing in (False, True):
+        _set_checkpointing(model, checkpointing)
+        estimate = memory_model(model, make_batch, autocast_dtype)
+        choice = choose_batch(estimate, target, args.gpus, memory)
+        if choice is not None and (choice[0] >= min(8, target // args.gpus) or checkpointing):
+            break
+    print(
+        f"static (params, grads, AdamW): {_gib(estimate.static)}; activations per sample: {estimate.per_sample / 2**20:.1f} MiB"
+    )
+    if choice is None:
+        print(
+            "does not fit even at batch 1 with activation checkpointing: shard with FSDP "
+            "(mimkit.pretrain.fsdp.BlockFSDPStrategy) or use GPUs with more memory"
+        )
+        return 1
+    batch, accumulation = choice
+    peak = PEAK_BF16_TFLOPS.get(args.gpu_name.upper(), 989.0) * (1.0 if autocast_dtype else 0.5)
+    step = estimate.flops_per_sample * batch * accumulation / (peak * 1e12 * args.mfu)
+    print(
+        f"per-GPU batch: {batch}\naccumulation: {accumulation}\nactivation checkpointing: {'yes' if checkpointing else 'no'}"
+    )
+    print(f"estimated peak memory per GPU: {_gib(estimate.bytes_for(batch))}")
+    print(
+        f"expected optimizer-step time: {step:.3f} s at {args.mfu:.0%} MFU of {peak:.0f} TFLOP/s ({args.gpu_name})"
+    )
+    print(
+        f"command: --data.batch_size {batch} --trainer.accumulate_grad_batches {accumulation} "
+        f"--model.encoder.init_args.grad_checkpointing {str(checkpointing).lower()}"
+    )
+    if args.measure:
+        if not torch.cuda.is_available():
+            print("--measure needs a CUDA GPU; showing the estimate only", file=sys.stderr)
+        else:
+            measured = _measure_cuda(model, make_batch, batch, autocast_dtype)
+            error = (estimate.bytes_for(batch) - measured) / measured
+            print(f"measured peak: {_gib(measured)} (estimate {error:+.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

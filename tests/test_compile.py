@@ -1,0 +1,84 @@
+"""The hot path compiles into one graph per module: no graph breaks."""
+
+import torch
+import torch._dynamo
+
+from mimkit.pretrain import MAE, RandomMasking, ViTEncoder
+from mimkit.pretrain.attention import prepare_attention
+
+
+def tiny_mae(**kwargs) -> MAE:
+    encoder = ViTEncoder(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, model_kwargs={"depth": 2}, **kwargs
+    )
+    return MAE(encoder, RandomMasking(0.75), decoder_dim=32, decoder_depth=1, decoder_heads=4)
+
+
+def test_encoder_and_decoder_have_no_graph_breaks():
+    for checkpointing in (False, True):
+        model = tiny_mae(grad_checkpointing=checkpointing)
+        prepare_attention(model, "cpu")
+        pixels = torch.randn(2, 3, 32, 32)
+        mask = model.mask(2)
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model.encode)(pixels, mask)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        assert explained.graph_count == 1
+        latent = model.encode(pixels, mask)
+        explained = torch._dynamo.explain(model.decode)(latent, mask, mask.ids_masked)
+        assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_whole_loss_has_no_graph_breaks_given_a_mask():
+    model = tiny_mae()
+    prepare_attention(model, "cpu")
+    pixels = torch.randn(2, 3, 32, 32)
+    mask = model.mask(2)
+
+    def loss_fn(pixels, mask):
+        from mimkit.pretrain import gather_tokens
+
+        pred = model.decode(model.encode(pixels, mask), mask, mask.ids_masked)
+        return model.loss(pred, gather_tokens(model.target(pixels), mask.ids_masked))
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(loss_fn)(pixels, mask)
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    """compile_modules=True trains through Lightning and gives the eager losses."""
+    import lightning as L
+
+    from mimkit.data import Synthetic
+
+    losses = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = tiny_mae()
+        model.compile_modules = compiled
+        recorded = []
+        model.compute_loss = _recording(model.compute_loss, recorded)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=3,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            default_root_dir=tmp_path,
+        )
+        torch.manual_seed(1)
+        trainer.fit(model, datamodule=Synthetic(img_size=32, batch_size=4, num_samples=12))
+        losses[compiled] = recorded
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-3, atol=1e-4)
+
+
+def _recording(compute_loss, recorded):
+    def wrapped(batch, generator=None):
+        out = compute_loss(batch, generator)
+        recorded.append(out["loss"].detach())
+        return out
+
+    return wrapped

@@ -1,0 +1,63 @@
+import torch
+from torch import nn
+
+from mimkit.plan import (
+    MemoryModel,
+    choose_batch,
+    main,
+    memory_model,
+    parse_bytes,
+    saved_activation_bytes,
+)
+from mimkit.pretrain import MAE, RandomMasking, ViTEncoder
+
+
+def test_saved_activation_bytes_counts_what_backward_needs():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 1))
+    x = torch.randn(7, 10)
+    counted = saved_activation_bytes(lambda: mlp(x).pow(2).sum(), exclude=list(mlp.parameters()))
+    # input of the first linear, the ReLU output (also the second linear's input), the
+    # output squared by pow: 7 x (10 + 20 + 1) float32 values
+    assert counted == 4 * 7 * (10 + 20 + 1)
+
+
+def test_choose_batch_divides_the_effective_batch():
+    model = MemoryModel(static=10 * 2**30, per_sample=2**30, flops_per_sample=1.0)
+    assert choose_batch(model, 4096, 8, 80 * 2**30) == (32, 16)  # 62 fit; 32 divides 512
+    assert choose_batch(model, 64, 8, 80 * 2**30) == (8, 1)
+    assert choose_batch(MemoryModel(90 * 2**30, 1, 1.0), 64, 8, 80 * 2**30) is None
+    assert parse_bytes("80GB") == 80 * 2**30 and parse_bytes("512MiB") == 512 * 2**20
+
+
+def test_memory_model_of_mae_and_checkpointing_saves_memory():
+    encoder = ViTEncoder(
+        "vit_tiny_patch16_224", img_size=32, patch_size=4, model_kwargs={"depth": 4}
+    )
+    model = MAE(encoder, RandomMasking(0.75), decoder_dim=64, decoder_depth=1, decoder_heads=4)
+
+    def batch(n):
+        return {"pixels": torch.randn(n, 3, 32, 32)}
+
+    plain = memory_model(model, batch)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert plain.static == 16 * trainable + 4 * frozen
+    # at least each encoder block keeps its (17 x 192) fp32 input for the backward pass
+    assert plain.per_sample > 4 * 4 * 17 * 192
+    encoder.grad_checkpointing = True
+    checkpointed = memory_model(model, batch)
+    assert checkpointed.per_sample < 0.6 * plain.per_sample
+    assert plain.flops_per_sample > 0
+
+
+def test_plan_command_on_the_quickstart_recipe(capsys):
+    assert (
+        main(
+            ["--config", "recipes/quickstart/mae_digits.yaml", "--gpus", "2", "--gpu-memory", "1GB"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "per-GPU batch: 32" in out and "accumulation: 1" in out  # 64 = 2 GPUs x 32
+    assert "expected optimizer-step time" in out
