@@ -19,6 +19,7 @@ install: $(VENV)/.installed
 
 quickstart: $(VENV)/.installed
 	$(VENV)/bin/mimkit pretrain fit --config recipes/quickstart/mae_digits.yaml
+	$(PY) -m mimkit.finetune.quickstart_report --ckpt runs/quickstart/mae_digits/checkpoints/last.ckpt
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)

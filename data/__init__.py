@@ -26,3 +26,11 @@ __all__ = [
     "eval_transform",
     "mae_train_transform",
 ]
+
+# Two-view augmentations for contrastive methods, video, and webdataset shards.
+from .moving_digits import MovingDigits  # noqa: E402
+from .shards import Shards  # noqa: E402
+from .video import VideoFolder  # noqa: E402
+from .views import PixelShiftViews, TwoCropViews, ViewPair  # noqa: E402
+
+__all__ += ["MovingDigits", "PixelShiftViews", "Shards", "TwoCropViews", "VideoFolder", "ViewPair"]

@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .collate import NUM_SKIPPED, SKIPPED_PATHS, SkipBadSamples, collate_skipping
+from .sampler import ResumableSampler, SeededSamples
+from .views import ViewPair
 
 
 class MimDataModule(L.LightningDataModule):
@@ -25,6 +27,11 @@ class MimDataModule(L.LightningDataModule):
     ``"unknown"`` outside a trainer); :class:`~mimkit.data.report.ReportSkippedSamples`
     reports and resets them every epoch.
 
+    Training batches come from a :class:`~mimkit.data.sampler.ResumableSampler` (a seeded
+    permutation per epoch, split across ranks, with per-sample augmentation seeds), whose
+    position is this module's :meth:`state_dict`: a run resumed from a mid-epoch checkpoint
+    continues at the same batch, in the same order, with the same augmentations.
+
     Note:
         Lightning calls only one ``on_before_batch_transfer``: when a LightningModule overrides
         it too, Lightning uses the module's and this one's bookkeeping does not run.
@@ -37,6 +44,8 @@ class MimDataModule(L.LightningDataModule):
         mean: Per-channel normalization mean, ``C`` floats.
         std: Per-channel normalization std, ``C`` floats.
         num_classes: Number of classes of a labeled source, ``None`` when unlabeled or unknown.
+        views: Two-view augmentation (:mod:`mimkit.data.views`) for contrastive methods; when set,
+            training samples carry ``"views": [v0, v1]`` and ``"pixels"`` is ``v0``.
 
     Attributes:
         channels: Channels ``C`` of ``"pixels"``.
@@ -59,6 +68,7 @@ class MimDataModule(L.LightningDataModule):
         mean: Sequence[float] = (0.0, 0.0, 0.0),
         std: Sequence[float] = (1.0, 1.0, 1.0),
         num_classes: int | None = None,
+        views: ViewPair | None = None,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -69,25 +79,77 @@ class MimDataModule(L.LightningDataModule):
         self.mean: tuple[float, ...] = tuple(float(m) for m in mean)
         self.std: tuple[float, ...] = tuple(float(s) for s in std)
         self.num_classes = num_classes
+        self.views = views
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.skipped_samples: dict[str, int] = {}
         self.skipped_paths: dict[str, list[str]] = {}
+        self.train_sampler: ResumableSampler | None = None
+        self._sampler_state: dict[str, int] | None = None
+        self._sampler_batch = batch_size
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             split = "train" if train else "validation"
             raise RuntimeError(f"{type(self).__name__} has no {split} dataset; call setup() first.")
+        dataset = SkipBadSamples(dataset, max_retries=self.max_retries)
+        sampler = None
+        if train:
+            sampler = self._make_train_sampler(dataset)
+            dataset = SeededSamples(dataset)
         return DataLoader(
-            SkipBadSamples(dataset, max_retries=self.max_retries),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
             collate_fn=collate_skipping,
         )
+
+    def _make_train_sampler(
+        self, dataset: Dataset, batch_size: int | None = None
+    ) -> ResumableSampler:
+        """The resumable training sampler (wrap ``dataset`` in ``SeededSamples`` to use it).
+
+        Args:
+            dataset: The training dataset (its length is used).
+            batch_size: Dataset items per loader batch, when it is not ``self.batch_size``.
+        """
+        self._sampler_batch = batch_size or self.batch_size
+        trainer = self.trainer
+        state = self._sampler_state or {}
+        seed = state.get("seed")
+        if seed is None:  # one draw from the (seeded) global RNG, then kept in checkpoints
+            seed = int(torch.randint(2**31 - 1, ()).item())
+        self.train_sampler = ResumableSampler(
+            dataset,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=seed,
+        )
+        if state:
+            self.train_sampler.load_state_dict(state)
+        self._sampler_state = None
+        return self.train_sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training data position ``{"sampler": {"seed", "epoch", "position"}}`` (or empty)."""
+        sampler = self.train_sampler
+        if sampler is None:
+            return {}
+        trainer = self.trainer
+        limit = trainer.num_training_batches if trainer is not None else float("inf")
+        epoch_done = sampler.consumed >= limit * self._sampler_batch
+        return {"sampler": sampler.state_dict(epoch_done=epoch_done)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the training data position saved by :meth:`state_dict`."""
+        self._sampler_state = state_dict.get("sampler")
+        if self._sampler_state is not None and self.train_sampler is not None:
+            self.train_sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches; incomplete last batch dropped."""
@@ -120,6 +182,8 @@ class MimDataModule(L.LightningDataModule):
         """
         if isinstance(batch, dict):
             self.record_skipped(batch.pop(NUM_SKIPPED, 0), batch.pop(SKIPPED_PATHS, []))
+        if self.train_sampler is not None and self._stage() == "train":
+            self.train_sampler.advance(self._sampler_batch)
         return batch
 
     def record_skipped(self, count: int, paths: Sequence[str], stage: str | None = None) -> None:

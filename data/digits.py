@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from .base import MimDataModule
+from .views import ViewPair
 
 
 class TensorImageDataset(Dataset):
@@ -41,8 +42,11 @@ class TensorImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        pixels = self.transform(self.images[index]).repeat(self.channels, 1, 1)
-        return {"pixels": pixels, "label": int(self.labels[index])}
+        out = self.transform(self.images[index])
+        if isinstance(out, list):  # a view pair (see mimkit.data.views)
+            views = [view.repeat(self.channels, 1, 1) for view in out]
+            return {"pixels": views[0], "views": views, "label": int(self.labels[index])}
+        return {"pixels": out.repeat(self.channels, 1, 1), "label": int(self.labels[index])}
 
 
 class Digits(MimDataModule):
@@ -65,6 +69,8 @@ class Digits(MimDataModule):
         seed: Seed of the train/val split.
         crop_scale: Area fraction range of the training random resized crop.
         pin_memory: Pin host memory when CUDA is available.
+        views: Two-view augmentation of the training split (then batches also carry
+            ``"views"``), e.g. ``PixelShiftViews(max_shift=4, flip=False)``.
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class Digits(MimDataModule):
         seed: int = 0,
         crop_scale: tuple[float, float] = (0.6, 1.0),
         pin_memory: bool = True,
+        views: ViewPair | None = None,
     ) -> None:
         digits = load_digits()
         images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)
@@ -97,8 +104,9 @@ class Digits(MimDataModule):
             mean=(mean,) * 3,
             std=(std,) * 3,
             num_classes=10,
+            views=views,
         )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["views"])
         self.val_fraction = val_fraction
         self.seed = seed
         self.crop_scale = crop_scale
@@ -108,7 +116,9 @@ class Digits(MimDataModule):
             labels[torch.from_numpy(train_idx)],
             v2.Compose(
                 [v2.RandomResizedCrop(img_size, scale=crop_scale, antialias=True), normalize]
-            ),
+            )
+            if views is None
+            else views.build(img_size, [mean], [std]),
         )
         self.val_dataset = TensorImageDataset(
             images[torch.from_numpy(val_idx)], labels[torch.from_numpy(val_idx)], normalize

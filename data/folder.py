@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from .base import MimDataModule
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, mae_train_transform
+from .views import ViewPair
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ class ImageFileDataset(Dataset):
             log.debug("Skipping unreadable image %s: %r", path, error)
             return None
         sample: dict[str, Any] = {"pixels": pixels}
+        if isinstance(pixels, list):  # a view pair (see mimkit.data.views)
+            sample = {"pixels": pixels[0], "views": pixels}
         if label is not None:
             sample["label"] = label
         return sample
@@ -184,6 +187,8 @@ class ImageFolder(MimDataModule):
         num_classes: Number of classes; inferred in ``setup`` when ``None`` (labeled sources),
             checked against the labels otherwise. Set it when a model needs it at construction.
         pin_memory: Pin host memory when CUDA is available.
+        views: Two-view augmentation replacing the MAE crop for training (contrastive
+            methods); batches then also carry ``"views"``.
     """
 
     def __init__(
@@ -198,6 +203,7 @@ class ImageFolder(MimDataModule):
         std: Sequence[float] = IMAGENET_STD,
         num_classes: int | None = None,
         pin_memory: bool = True,
+        views: ViewPair | None = None,
     ) -> None:
         super().__init__(
             img_size=img_size,
@@ -207,8 +213,9 @@ class ImageFolder(MimDataModule):
             mean=mean,
             std=std,
             num_classes=num_classes,
+            views=views,
         )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["views"])
         self.root = Path(root)
         self.val_root = Path(val_root) if val_root is not None else None
         self.crop_scale = crop_scale
@@ -236,9 +243,10 @@ class ImageFolder(MimDataModule):
         if stage in (None, "fit") and self.train_dataset is None:
             samples = scan_images(self.root)
             self._check_labels(self.root, samples, classes)
-            self.train_dataset = ImageFileDataset(
-                samples, mae_train_transform(self.img_size, self.mean, self.std, self.crop_scale)
-            )
+            transform = mae_train_transform(self.img_size, self.mean, self.std, self.crop_scale)
+            if self.views is not None:
+                transform = self.views.build(self.img_size, self.mean, self.std)
+            self.train_dataset = ImageFileDataset(samples, transform)
         if self.val_root is not None and self.val_dataset is None:
             samples = scan_images(self.val_root, classes)
             self._check_labels(self.val_root, samples, classes)

@@ -1,0 +1,50 @@
+"""Checkpoint loading, fine-tuning, linear probing and k-NN evaluation of encoders."""
+
+from .base import ClassifierModule, ConfigError
+from .checkpoint import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    LoadResult,
+    RawCheckpoint,
+    build_encoder,
+    load_encoder,
+    load_encoder_state,
+    read_checkpoint,
+)
+from .data import FineTuneImageFolder, eval_batches, finetune_train_transform
+from .evaluate import FeatureSet, cached_probe, compute_features, knn_evaluate
+from .export import export_encoder
+from .features import extract_features, pool_tokens
+from .finetune import FineTune
+from .knn import knn_accuracy, knn_scores, topk_accuracy
+from .probe import LinearProbe, linear_head, train_linear_head
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "ClassifierModule",
+    "ConfigError",
+    "FeatureSet",
+    "FineTune",
+    "FineTuneImageFolder",
+    "LinearProbe",
+    "LoadResult",
+    "RawCheckpoint",
+    "build_encoder",
+    "cached_probe",
+    "compute_features",
+    "eval_batches",
+    "export_encoder",
+    "extract_features",
+    "finetune_train_transform",
+    "knn_accuracy",
+    "knn_evaluate",
+    "knn_scores",
+    "linear_head",
+    "load_encoder",
+    "load_encoder_state",
+    "pool_tokens",
+    "read_checkpoint",
+    "topk_accuracy",
+    "train_linear_head",
+]

@@ -11,26 +11,18 @@ USAGE = """usage: mimkit <command> [options]
 
 commands:
   pretrain   pretrain an encoder (MAE, ...) from a YAML recipe     mimkit pretrain fit --config R.yaml
-  finetune   fine-tune a pretrained encoder on labeled data
-  probe      linear probe on frozen features
-  knn        k-NN evaluation of frozen features
-  export     write an encoder as timm-loadable safetensors
+  finetune   fine-tune a pretrained encoder on labeled data      mimkit finetune fit --config R.yaml --model.init_from CKPT
+  probe      linear probe on frozen features                   mimkit probe fit --config R.yaml --model.init_from CKPT
+  knn        k-NN evaluation of frozen features                mimkit knn --init_from CKPT --data.class_path ...
+  export     write an encoder as timm-loadable safetensors     mimkit export CKPT OUT.safetensors
   submit     submit a recipe to SLURM
   shards     write webdataset shards
-  plan       plan batch size, accumulation and memory for a recipe
+  plan       plan batch size, accumulation and memory for a recipe  mimkit plan --config R.yaml --gpus 8 --gpu-memory 80GB
 
 `mimkit <command> --help` documents every option of a command.
 """
 
-PENDING: dict[str, str] = {
-    "finetune": "fine-tuning (the evaluation issue)",
-    "probe": "linear probing (the evaluation issue)",
-    "knn": "k-NN evaluation (the evaluation issue)",
-    "export": "encoder export (the evaluation issue)",
-    "submit": "SLURM submission (the scale-out issue)",
-    "shards": "webdataset shard writing (the scale-out issue)",
-    "plan": "the batch/memory planner (the throughput issue)",
-}
+PENDING: dict[str, str] = {}
 
 
 @contextmanager
@@ -53,8 +45,45 @@ def run_pretrain(args: Sequence[str]) -> int:
     return 0
 
 
+def run_submit(args: Sequence[str]) -> int:
+    """``mimkit submit --nodes N --gpus-per-node G ... -- pretrain fit --config R.yaml``."""
+    from .submit import main as submit_main
+
+    return submit_main(args)
+
+
+def run_shards(args: Sequence[str]) -> int:
+    """``mimkit shards write --source S --out /shards/train-%06d.tar``."""
+    from .shards_cli import run_shards as shards_main
+
+    return shards_main(args)
+
+
+def run_plan(args: Sequence[str]) -> int:
+    """``mimkit plan --config recipe.yaml --gpus 8 --gpu-memory 80GB``."""
+    from .plan import main as plan_main
+
+    return plan_main(args)
+
+
+def run_evaluation(name: str) -> Callable[[Sequence[str]], int]:
+    """``mimkit finetune`` / ``probe`` / ``knn`` / ``export`` (imported on use)."""
+
+    def run(args: Sequence[str]) -> int:
+        from . import finetune_cli
+
+        return getattr(finetune_cli, f"run_{name}")(args)
+
+    return run
+
+
 def commands() -> dict[str, Callable[[Sequence[str]], int]]:
     table: dict[str, Callable[[Sequence[str]], int]] = {"pretrain": run_pretrain}
+    for name in ("finetune", "probe", "knn", "export"):
+        table[name] = run_evaluation(name)
+    table["plan"] = run_plan
+    table["submit"] = run_submit
+    table["shards"] = run_shards
     for name, what in PENDING.items():
         table.setdefault(name, _not_yet(name, what))
     return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import lightning as L
@@ -11,6 +12,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mimkit.data import ReportSkippedSamples
 from mimkit.pretrain import PretrainModule, ReconstructionPreview
+
+from .resume import AtomicCheckpointIO, RequeueOnSignal, RestoreRNG
 
 __all__ = ["PretrainCLI", "MimkitCLI"]
 
@@ -25,7 +28,8 @@ class MimkitCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        # Lightning 2.6 writes last.ckpt only together with a top-k save: keep the latest one.
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
 
     def _set_checkpoint_dir(self) -> None:
         trainer = self.trainer
@@ -35,6 +39,11 @@ class MimkitCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._set_checkpoint_dir()
+        # mimkit DataModules restore their position from their own state_dict (the sampler);
+        # Lightning only knows about DataLoader-level state and would warn wrongly.
+        warnings.filterwarnings(
+            "ignore", message="You're resuming from a checkpoint that ended before"
+        )
 
     def before_validate(self) -> None:
         self._set_checkpoint_dir()
@@ -60,7 +69,13 @@ class PretrainCLI(MimkitCLI):
             run=run,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                "callbacks": [LearningRateMonitor(logging_interval="step"), ReportSkippedSamples()],
+                "callbacks": [
+                    LearningRateMonitor(logging_interval="step"),
+                    ReportSkippedSamples(),
+                    RestoreRNG(),
+                    RequeueOnSignal(),
+                ],
+                "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}.AtomicCheckpointIO"}],
                 "default_root_dir": "runs/pretrain",
             },
             parser_kwargs={

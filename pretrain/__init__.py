@@ -33,3 +33,46 @@ __all__ = [
     "warmup_cosine",
     "xformers_available",
 ]
+
+# Video masked autoencoders.
+from .masking import (  # noqa: E402
+    RunningCellMasking,
+    TubeMasking,
+    decoder_targets,
+    running_cell_mask,
+    tube_mask,
+)
+from .videomae import VideoMAE  # noqa: E402
+
+__all__ += [
+    "RunningCellMasking",
+    "TubeMasking",
+    "VideoMAE",
+    "decoder_targets",
+    "running_cell_mask",
+    "tube_mask",
+]
+
+# Context autoencoder and contrastive masked autoencoders.
+from .cae import CAE, CAEDecoder  # noqa: E402
+from .cmae import CMAE  # noqa: E402
+from .contrastive import gather_with_grad, info_nce  # noqa: E402
+from .heads import MLPHead  # noqa: E402
+from .regressor import CrossAttention, LatentRegressor  # noqa: E402
+from .targets import PixelTarget, ReconstructionTarget, TokenizerTarget  # noqa: E402
+from .vicmae import ViCMAE  # noqa: E402
+
+__all__ += [
+    "CAE",
+    "CAEDecoder",
+    "CMAE",
+    "CrossAttention",
+    "LatentRegressor",
+    "MLPHead",
+    "PixelTarget",
+    "ReconstructionTarget",
+    "TokenizerTarget",
+    "ViCMAE",
+    "gather_with_grad",
+    "info_nce",
+]

@@ -9,6 +9,7 @@ Backends:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from typing import Literal
@@ -46,9 +47,23 @@ def _import_xformers_ops():
         return None
 
 
+@functools.cache
 def xformers_available() -> bool:
-    """True when ``xformers.ops`` imports and a CUDA device is present."""
-    return torch.cuda.is_available() and _import_xformers_ops() is not None
+    """True when xformers imports and its kernels run a small bf16 problem on this GPU.
+
+    A wheel built for another torch imports fine but has no usable operator; that
+    counts as unavailable.
+    """
+    ops = _import_xformers_ops()
+    if ops is None or not torch.cuda.is_available():
+        return False
+    try:
+        probe = torch.zeros(1, 8, 1, 64, device="cuda", dtype=torch.bfloat16)
+        ops.memory_efficient_attention(probe, probe, probe)
+        return True
+    except Exception as err:
+        _announce(f"xformers is installed but cannot run on this GPU ({err})")
+        return False
 
 
 class BackendAttention(nn.Module):
@@ -101,6 +116,12 @@ class BackendAttention(nn.Module):
                     "has kernels for CUDA only. Use attn_backend='sdpa' (or 'auto', which "
                     "falls back to sdpa) on this machine."
                 )
+            if not self._xformers_runs(q, fallback=False):
+                raise RuntimeError(
+                    "attn_backend='xformers' was requested but xformers has no working operator "
+                    f"for {q.dtype} inputs with head size {q.shape[-1]} on this GPU (often a wheel "
+                    "built for another torch version). Use attn_backend='sdpa' or 'auto'."
+                )
             return "xformers"
         if self.backend != "auto":
             return self.backend
@@ -115,14 +136,15 @@ class BackendAttention(nn.Module):
         _announce(f"attention backend: {self._resolved} (requested {self.backend})")
         return self._resolved
 
-    def _xformers_runs(self, q: Tensor) -> bool:
+    def _xformers_runs(self, q: Tensor, fallback: bool = True) -> bool:
         try:
             ops = _import_xformers_ops()
             probe = q[:1, :8].detach()
             ops.memory_efficient_attention(probe, probe, probe)
             return True
         except Exception as err:  # no operator for this dtype / head size / GPU
-            _announce(f"xformers cannot run these inputs ({err}); using sdpa")
+            if fallback:
+                _announce(f"xformers cannot run these inputs ({err}); using sdpa")
             return False
 
     def forward(

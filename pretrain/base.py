@@ -199,9 +199,17 @@ class PretrainModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if not self.compile_modules:
             return
+        precision = str(self.trainer.precision)
+        dtype = (
+            torch.bfloat16
+            if "bf16" in precision
+            else torch.float16
+            if "16" in precision
+            else torch.float32
+        )
         for name in self.compile_targets():
             module = getattr(self, name)
-            prepare_attention(module, self.device)
+            prepare_attention(module, self.device, dtype)
             module.compile(dynamic=False)
         rank_zero_info(f"torch.compile: {', '.join(self.compile_targets())}")
 

@@ -1,4 +1,8 @@
-"""The lightweight MAE decoder: visible latents plus mask tokens to patch predictions."""
+"""The lightweight MAE decoder: visible latents plus mask tokens to patch predictions.
+
+The same decoder serves images (a 2D grid) and video (a ``(T, H, W)`` grid), and can
+process only a subset of the masked tokens (VideoMAE V2 dual masking).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionBackend, use_backend
 from .encoder import gather_tokens, mae_init_weights
-from .pos_embed import sincos_2d
+from .pos_embed import VideoPosEmbed, sincos_2d, sincos_video
 
 __all__ = ["MAEDecoder"]
 
@@ -21,7 +25,7 @@ class MAEDecoder(nn.Module):
     """Transformer decoder of MAE with fixed sin-cos positions.
 
     Args:
-        grid_size: ``(H, W)`` patch grid of the encoder.
+        grid_size: ``(H, W)`` patch grid of the encoder, or ``(T, H, W)`` for video.
         encoder_dim: encoder width ``D``.
         out_dim: values predicted per patch (``p * p * C`` for pixels).
         num_prefix_tokens: prefix tokens the encoder emits before the patches.
@@ -31,6 +35,7 @@ class MAEDecoder(nn.Module):
         mlp_ratio: MLP hidden width over ``dim``.
         attn_backend: attention kernel, as for the encoder.
         grad_checkpointing: recompute each block in backward.
+        video_pos_embed: space-time sin-cos layout for a 3D grid (see ``sincos_video``).
     """
 
     def __init__(
@@ -45,9 +50,11 @@ class MAEDecoder(nn.Module):
         mlp_ratio: float = 4.0,
         attn_backend: AttentionBackend = "auto",
         grad_checkpointing: bool = False,
+        video_pos_embed: VideoPosEmbed = "joint",
     ) -> None:
         super().__init__()
         self.grid_size = tuple(grid_size)
+        self.video_pos_embed = video_pos_embed
         self.num_prefix_tokens = num_prefix_tokens
         self.grad_checkpointing = grad_checkpointing
         self.embed = nn.Linear(encoder_dim, dim)
@@ -67,9 +74,12 @@ class MAEDecoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
     def _position_table(self, dim: int) -> Tensor:
-        if len(self.grid_size) != 2:
-            raise ValueError(f"MAEDecoder takes a 2D grid, got {self.grid_size}")
-        table = sincos_2d((self.grid_size[0], self.grid_size[1]), dim)
+        if len(self.grid_size) == 2:
+            table = sincos_2d((self.grid_size[0], self.grid_size[1]), dim)
+        elif len(self.grid_size) == 3:
+            table = sincos_video(self.grid_size, dim, self.video_pos_embed)
+        else:
+            raise ValueError(f"MAEDecoder takes a 2D or 3D grid, got {self.grid_size}")
         prefix = torch.zeros(self.num_prefix_tokens, dim)
         return torch.cat([prefix, table], dim=0).unsqueeze(0)  # (1, P + N, dim)
 
@@ -92,12 +102,40 @@ class MAEDecoder(nn.Module):
         masks = self.mask_token.to(x.dtype).expand(batch, num_tokens - visible.shape[1], -1)
         patches = gather_tokens(torch.cat([visible, masks], dim=1), ids_restore)
         x = torch.cat([prefix, patches], dim=1) + self.pos_embed.to(x.dtype)
+        x = self.forward_blocks(x)[:, self.num_prefix_tokens :]
+        if ids_predict is not None:
+            x = gather_tokens(x, ids_predict)
+        return self.pred(self.norm(x))
+
+    def forward_blocks(self, x: Tensor) -> Tensor:
+        """Runs the decoder blocks: ``(B, L, dim) -> (B, L, dim)``."""
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        x = x[:, self.num_prefix_tokens :]
-        if ids_predict is not None:
-            x = gather_tokens(x, ids_predict)
-        return self.pred(self.norm(x))
+        return x
+
+    def forward_subset(self, latent: Tensor, ids_keep: Tensor, ids_query: Tensor) -> Tensor:
+        """Predicts a subset of the masked patches; the other masked positions are dropped.
+
+        The decoder sees the prefix tokens, the visible latents at their positions and one
+        mask token per queried position, nothing else (VideoMAE V2 decoder masking).
+
+        Args:
+            latent: ``(B, P + N_keep, D)`` encoder output, prefix tokens first.
+            ids_keep: ``(B, N_keep)`` positions of the visible latents.
+            ids_query: ``(B, K)`` masked positions to reconstruct.
+
+        Returns:
+            ``(B, K, out_dim)`` predictions for ``ids_query``, in its order.
+        """
+        x = self.embed(latent)
+        prefix, visible = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
+        pos = self.pos_embed.to(x.dtype).expand(x.shape[0], -1, -1)
+        prefix = prefix + pos[:, : self.num_prefix_tokens]
+        patch_pos = pos[:, self.num_prefix_tokens :]
+        visible = visible + gather_tokens(patch_pos, ids_keep)
+        queries = self.mask_token.to(x.dtype) + gather_tokens(patch_pos, ids_query)
+        x = self.forward_blocks(torch.cat([prefix, visible, queries], dim=1))
+        return self.pred(self.norm(x[:, -ids_query.shape[1] :]))

@@ -1,4 +1,8 @@
-"""The one encoder: a timm Vision Transformer that runs on visible tokens only."""
+"""The one encoder: a timm Vision Transformer that runs on visible tokens only.
+
+Images use timm's 2D patch embedding; video (``num_frames`` set) swaps its projection
+for a tubelet ``Conv3d`` at the same name, ``patch_embed.proj``, with the same blocks.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionBackend, use_backend
-from .pos_embed import sincos_2d
+from .pos_embed import VideoPosEmbed, sincos_2d, sincos_video
 
 __all__ = ["ViTEncoder", "gather_tokens", "mae_init_weights"]
 
@@ -48,6 +52,13 @@ class ViTEncoder(nn.Module):
         sincos_pos_embed: replace the learned position embedding by a fixed 2D sin-cos one.
         init: ``mae`` (xavier-uniform linears, as in the MAE reference) or ``timm``.
         model_kwargs: further keyword arguments for ``timm.create_model``.
+        num_frames: frames ``T`` of a video clip; ``None`` builds an image encoder.
+        tubelet_size: frames ``t`` per tubelet (video only); tokens form a
+            ``(T / t, H / p, W / p)`` grid, numbered time-major.
+        video_pos_embed: space-time sin-cos layout (video only): ``joint`` (channels
+            split between time, rows and columns), ``separable`` (2D spatial plus 1D
+            temporal table, added; MAE-ST) or ``videomae`` (1D sinusoid over the token
+            index, as in the official VideoMAE code).
     """
 
     def __init__(
@@ -62,6 +73,9 @@ class ViTEncoder(nn.Module):
         sincos_pos_embed: bool = True,
         init: str = "mae",
         model_kwargs: dict[str, Any] | None = None,
+        num_frames: int | None = None,
+        tubelet_size: int = 2,
+        video_pos_embed: VideoPosEmbed = "joint",
     ) -> None:
         super().__init__()
         timm_kwargs: dict[str, Any] = {"img_size": img_size, "in_chans": in_chans}
@@ -104,13 +118,22 @@ class ViTEncoder(nn.Module):
             "sincos_pos_embed": sincos_pos_embed,
             "model_kwargs": dict(model_kwargs or {}),
         }
+        if num_frames is not None:
+            self.config.update(
+                num_frames=num_frames, tubelet_size=tubelet_size, video_pos_embed=video_pos_embed
+            )
         self.embed_dim: int = vit.embed_dim
         self.num_features: int = vit.num_features
         self.num_prefix_tokens: int = vit.num_prefix_tokens
         self.no_embed_class: bool = vit.no_embed_class
         self.in_chans = in_chans
         self.patch_size: int = self.patch_embed.patch_size[0]
-        self.grid_size: tuple[int, int] = tuple(self.patch_embed.grid_size)
+        self.grid_size: tuple[int, ...] = tuple(self.patch_embed.grid_size)
+        self.num_frames = num_frames
+        self.tubelet_size = tubelet_size if num_frames is not None else 1
+        self.video_pos_embed = video_pos_embed
+        if num_frames is not None:
+            self._make_video(num_frames, tubelet_size)
         self.num_patches: int = math.prod(self.grid_size)
         self.grad_checkpointing = grad_checkpointing
         self.attn_backend = attn_backend
@@ -128,8 +151,37 @@ class ViTEncoder(nn.Module):
         if sincos_pos_embed:
             self._set_sincos_pos_embed()
 
+    @property
+    def is_video(self) -> bool:
+        return self.num_frames is not None
+
+    def _make_video(self, num_frames: int, tubelet_size: int) -> None:
+        """Tubelet ``Conv3d`` at ``patch_embed.proj`` and a ``pos_embed`` for the video grid."""
+        if num_frames % tubelet_size:
+            raise ValueError(
+                f"num_frames {num_frames} is not a multiple of tubelet_size {tubelet_size}"
+            )
+        image_proj = self.patch_embed.proj
+        p = self.patch_size
+        self.patch_embed.proj = nn.Conv3d(
+            self.in_chans,
+            self.embed_dim,
+            kernel_size=(tubelet_size, p, p),
+            stride=(tubelet_size, p, p),
+            bias=image_proj.bias is not None,
+        )
+        self.grid_size = (num_frames // tubelet_size, *self.grid_size)
+        prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, prefix + math.prod(self.grid_size), self.embed_dim)
+        )
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
     def _set_sincos_pos_embed(self) -> None:
-        patch_pos = sincos_2d(self.grid_size, self.embed_dim)
+        if self.is_video:
+            patch_pos = sincos_video(self.grid_size, self.embed_dim, self.video_pos_embed)
+        else:
+            patch_pos = sincos_2d(self.grid_size, self.embed_dim)
         if not self.no_embed_class:
             prefix = torch.zeros(self.num_prefix_tokens, self.embed_dim)
             patch_pos = torch.cat([prefix, patch_pos], dim=0)
@@ -146,14 +198,32 @@ class ViTEncoder(nn.Module):
         """Patch embedding plus position embedding, no prefix tokens.
 
         Args:
-            pixels: ``(B, C, H, W)``.
+            pixels: ``(B, C, H, W)``, or ``(B, C, T, H, W)`` for video.
 
         Returns:
-            ``(B, N, D)``.
+            ``(B, N, D)``, tokens time-major for video.
         """
-        tokens = self.patch_embed(pixels)
+        if self.is_video:
+            tokens = self.embed_tubelets(pixels)
+        else:
+            tokens = self.patch_embed(pixels)
         pos = self.pos_embed if self.no_embed_class else self.pos_embed[:, self.num_prefix_tokens :]
         return tokens + pos
+
+    def embed_tubelets(self, video: Tensor) -> Tensor:
+        """Tubelet embedding: ``(B, C, T, H, W) -> (B, T/t * H/p * W/p, D)``."""
+        expected = (self.in_chans, self.num_frames, *self.input_hw())
+        if video.ndim != 5 or tuple(video.shape[1:]) != expected:
+            raise ValueError(
+                f"video encoder expects (B, C, T, H, W) = (B, {', '.join(map(str, expected))}), "
+                f"got {tuple(video.shape)}"
+            )
+        tokens = self.patch_embed.proj(video)  # (B, D, T', H', W')
+        return self.patch_embed.norm(tokens.flatten(2).transpose(1, 2))
+
+    def input_hw(self) -> tuple[int, int]:
+        """``(H, W)`` input resolution in pixels."""
+        return (self.grid_size[-2] * self.patch_size, self.grid_size[-1] * self.patch_size)
 
     def prefix_tokens(self, batch_size: int) -> Tensor | None:
         """Class and register tokens with their position embedding: ``(B, P, D)`` or None."""
@@ -179,7 +249,7 @@ class ViTEncoder(nn.Module):
         """Encodes the visible patches.
 
         Args:
-            pixels: ``(B, C, H, W)``.
+            pixels: ``(B, C, H, W)``, or ``(B, C, T, H, W)`` for video.
             ids_keep: ``(B, N_keep)`` indices of visible patches; ``None`` keeps all.
 
         Returns:

@@ -1,4 +1,4 @@
-"""Token masking for masked image modeling.
+"""Token masking for masked image and video modeling.
 
 Every generator returns a :class:`Mask` whose samples all keep exactly the same
 number of visible tokens, so the encoder can run on a dense ``(B, N_keep, D)``
@@ -22,6 +22,11 @@ __all__ = [
     "mask_from_scores",
     "random_mask",
     "block_mask",
+    "tube_mask",
+    "running_cell_mask",
+    "decoder_targets",
+    "TubeMasking",
+    "RunningCellMasking",
 ]
 
 
@@ -250,3 +255,154 @@ class BlockMasking(MaskGenerator):
         return (
             f"BlockMasking(mask_ratio={self.mask_ratio}, min_block_tokens={self.min_block_tokens})"
         )
+
+
+def tube_mask(
+    batch_size: int,
+    grid_size: tuple[int, int, int],
+    mask_ratio: float,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Mask:
+    """Tube masking (VideoMAE): one random spatial mask shared by every time step.
+
+    Each sample masks ``num_masked_tokens(H * W, mask_ratio)`` spatial positions, and
+    the same positions in all ``T`` time steps, so ``T`` times that many tokens.
+
+    Args:
+        batch_size: ``B``.
+        grid_size: ``(T, H, W)`` token grid; tokens are numbered ``t * H * W + h * W + w``.
+        mask_ratio: fraction of tokens to mask.
+        device: where the mask is made (the generator's device when one is given).
+        generator: optional seeded generator.
+    """
+    if generator is not None:
+        device = generator.device
+    frames, height, width = grid_size
+    noise = torch.rand(batch_size, 1, height * width, device=device, generator=generator)
+    scores = noise.expand(-1, frames, -1).reshape(batch_size, frames * height * width)
+    per_frame = num_masked_tokens(height * width, mask_ratio)
+    return mask_from_scores(scores, per_frame * frames)
+
+
+def running_cell_mask(
+    batch_size: int,
+    grid_size: tuple[int, int, int],
+    mask_ratio: float = 0.5,
+    cell_size: int = 2,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Mask:
+    """Running-cell masking (VideoMAE V2's decoder mask).
+
+    The spatial grid is tiled with ``cell_size x cell_size`` cells of ``n`` positions,
+    numbered row-major inside a cell. In time step ``t`` position ``i`` of every cell is
+    visible when ``(i - t - s) mod n < v`` with ``v = n - round(n * mask_ratio)`` and a
+    random offset ``s`` per sample, so the visible positions run through the cell over
+    time and each position is visible in ``v`` of any ``n`` consecutive steps. The count is
+    made exact, ``num_masked_tokens(N, mask_ratio)`` for every sample, by ranking the
+    tokens (pattern first, then random), which reproduces the pattern exactly when the
+    grid is a whole number of cells.
+
+    Args:
+        batch_size: ``B``.
+        grid_size: ``(T, H, W)`` token grid.
+        mask_ratio: fraction of tokens hidden from the decoder (0.5 in VideoMAE V2).
+        cell_size: side of the square cell (2 in VideoMAE V2).
+        device: where the mask is made (the generator's device when one is given).
+        generator: optional seeded generator.
+    """
+    if generator is not None:
+        device = generator.device
+    frames, height, width = grid_size
+    cell = cell_size * cell_size
+    visible = cell - round(cell * mask_ratio)
+    t = torch.arange(frames, device=device).view(1, frames, 1, 1)
+    h = torch.arange(height, device=device).view(1, 1, height, 1)
+    w = torch.arange(width, device=device).view(1, 1, 1, width)
+    offset = torch.randint(cell, (batch_size, 1, 1, 1), device=device, generator=generator)
+    in_cell = (h % cell_size) * cell_size + (w % cell_size)
+    hidden = (in_cell - t - offset).remainder(cell) >= visible  # (B, T, H, W)
+    noise = torch.rand(batch_size, frames * height * width, device=device, generator=generator)
+    scores = hidden.flatten(1).float() + 0.5 * noise
+    return mask_from_scores(scores, num_masked_tokens(frames * height * width, mask_ratio))
+
+
+def decoder_targets(
+    encoder_mask: Mask, decoder_mask: Mask, generator: torch.Generator | None = None
+) -> Tensor:
+    """Masked tokens the decoder reconstructs under dual masking (VideoMAE V2).
+
+    The decoder processes the encoder-masked tokens that its own mask leaves visible.
+    So that every sample has the same count, exactly
+    ``K = N_mask - num_masked_tokens(N_mask, decoder_ratio)`` encoder-masked tokens are
+    taken, with ``decoder_ratio`` the decoder mask's fraction of hidden tokens: the
+    decoder-visible ones first, in random order, then (where a sample has fewer than
+    ``K`` of those) other masked tokens.
+
+    Args:
+        encoder_mask: the encoder's mask over ``N`` tokens.
+        decoder_mask: the decoder's mask over the same ``N`` tokens.
+        generator: optional seeded generator for the random ranking.
+
+    Returns:
+        ``(B, K)`` ascending token indices, a subset of ``encoder_mask.ids_masked``.
+    """
+    batch, num_tokens = encoder_mask.mask.shape
+    device = encoder_mask.mask.device
+    num_masked = encoder_mask.num_masked
+    decoder_ratio = decoder_mask.num_masked / num_tokens
+    keep = num_masked - num_masked_tokens(num_masked, decoder_ratio)
+    noise = torch.rand(batch, num_tokens, device=device, generator=generator)
+    scores = 2.0 * encoder_mask.mask.float() + (~decoder_mask.mask).float() + 0.5 * noise
+    return torch.topk(scores, keep, dim=1).indices.sort(dim=1).values
+
+
+class TubeMasking(MaskGenerator):
+    """Tube masking over a ``(T, H, W)`` grid (VideoMAE): the same spatial mask in every frame.
+
+    Args:
+        mask_ratio: fraction of tokens to mask (0.9 in VideoMAE).
+    """
+
+    def __init__(self, mask_ratio: float = 0.9) -> None:
+        num_masked_tokens(1, mask_ratio)
+        self.mask_ratio = mask_ratio
+
+    def __call__(self, batch_size, grid_size, device=None, generator=None) -> Mask:
+        if len(grid_size) != 3:
+            raise ValueError(f"TubeMasking needs a (T, H, W) grid, got {tuple(grid_size)}")
+        return tube_mask(batch_size, tuple(grid_size), self.mask_ratio, device, generator)
+
+    def num_visible(self, grid_size: tuple[int, ...]) -> int:
+        frames, spatial = grid_size[0], math.prod(grid_size[1:])
+        return frames * (spatial - num_masked_tokens(spatial, self.mask_ratio))
+
+    def __repr__(self) -> str:
+        return f"TubeMasking(mask_ratio={self.mask_ratio})"
+
+
+class RunningCellMasking(MaskGenerator):
+    """Running-cell masking over a ``(T, H, W)`` grid (VideoMAE V2 decoder masking).
+
+    Args:
+        mask_ratio: fraction of tokens hidden from the decoder (0.5 in VideoMAE V2).
+        cell_size: side of the square cell (2).
+    """
+
+    def __init__(self, mask_ratio: float = 0.5, cell_size: int = 2) -> None:
+        num_masked_tokens(1, mask_ratio)
+        if cell_size < 1:
+            raise ValueError(f"cell_size must be >= 1, got {cell_size}")
+        self.mask_ratio = mask_ratio
+        self.cell_size = cell_size
+
+    def __call__(self, batch_size, grid_size, device=None, generator=None) -> Mask:
+        if len(grid_size) != 3:
+            raise ValueError(f"RunningCellMasking needs a (T, H, W) grid, got {tuple(grid_size)}")
+        return running_cell_mask(
+            batch_size, tuple(grid_size), self.mask_ratio, self.cell_size, device, generator
+        )
+
+    def __repr__(self) -> str:
+        return f"RunningCellMasking(mask_ratio={self.mask_ratio}, cell_size={self.cell_size})"

@@ -1,4 +1,4 @@
-"""Reconstruction pictures during pretraining."""
+"""Reconstruction pictures during pretraining: image grids, video frame strips and GIFs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
+from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
-__all__ = ["ReconstructionPreview", "denormalize"]
+__all__ = ["ReconstructionPreview", "denormalize", "video_frame_strip", "video_gif_frames"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,11 +27,58 @@ def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     return (images * std_t + mean_t).clamp(0.0, 1.0)
 
 
+def _denormalize_video(video: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``(B, C, T, H, W)`` normalized clips to ``(B, T, C, H, W)`` frames in ``[0, 1]``."""
+    frames = video.transpose(1, 2)  # (B, T, C, H, W)
+    return denormalize(frames.flatten(0, 1), mean, std).view_as(frames)
+
+
+def video_frame_strip(
+    views: dict[str, Tensor], mean: Sequence[float], std: Sequence[float]
+) -> Tensor:
+    """One picture of clips over time: per clip, rows original / masked / reconstruction.
+
+    Args:
+        views: ``original``, ``masked``, ``reconstruction``, each ``(B, C, T, H, W)``.
+
+    Returns:
+        ``(C, 3 * B * (H + 2) + 2, T * (W + 2) + 2)`` grid, time running left to right.
+    """
+    keys = ("original", "masked", "reconstruction")
+    rows = torch.stack([_denormalize_video(views[k], mean, std) for k in keys], dim=1)
+    frames = rows.shape[2]
+    return make_grid(rows.flatten(0, 2).cpu(), nrow=frames, padding=2, pad_value=1.0)
+
+
+def video_gif_frames(
+    views: dict[str, Tensor], mean: Sequence[float], std: Sequence[float]
+) -> list[Tensor]:
+    """The same clips as an animation: frame ``t`` is a grid of B rows x 3 columns.
+
+    Returns:
+        ``T`` tensors ``(C, B * (H + 2) + 2, 3 * (W + 2) + 2)``.
+    """
+    keys = ("original", "masked", "reconstruction")
+    rows = torch.stack([_denormalize_video(views[k], mean, std) for k in keys], dim=1)
+    return [
+        make_grid(rows[:, :, t].flatten(0, 1).cpu(), nrow=3, padding=2, pad_value=1.0)
+        for t in range(rows.shape[2])
+    ]
+
+
+def save_gif(frames: list[Tensor], path: str, duration_ms: int = 250) -> None:
+    """Writes ``(C, H, W)`` frames in ``[0, 1]`` as a looping GIF with PIL."""
+    images = [to_pil_image(frame.clamp(0, 1)) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+
+
 class ReconstructionPreview(L.Callback):
     """Saves original / masked / reconstruction grids every ``every_n_steps`` steps.
 
     The same images (the first ones the run sees) and the same mask are used each
-    time, so successive pictures show progress. PNGs go to
+    time, so successive pictures show progress. For video (``(B, C, T, H, W)``
+    pixels) the PNG is a frame strip, time left to right, rows original / masked /
+    reconstruction per clip, and an animated ``step_XXXXXXX.gif`` is written beside it. PNGs go to
     ``<default_root_dir>/previews/step_XXXXXXX.png`` and, with a TensorBoard logger,
     to the ``previews/reconstruction`` image tag.
 
@@ -80,12 +128,18 @@ class ReconstructionPreview(L.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         mean = getattr(datamodule, "mean", None) or IMAGENET_MEAN
         std = getattr(datamodule, "std", None) or IMAGENET_STD
-        columns = [
-            denormalize(views[k], mean, std) for k in ("original", "masked", "reconstruction")
-        ]
-        rows = torch.stack(columns, dim=1).flatten(0, 1)  # (B * 3, C, H, W)
-        grid = make_grid(rows.cpu(), nrow=3, padding=2, pad_value=1.0)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        if views["original"].ndim == 5:
+            grid = video_frame_strip(views, mean, std)
+            gif = path[: -len(".png")] + ".gif"
+            save_gif(video_gif_frames(views, mean, std), gif)
+            self.saved.append(gif)
+        else:
+            columns = [
+                denormalize(views[k], mean, std) for k in ("original", "masked", "reconstruction")
+            ]
+            rows = torch.stack(columns, dim=1).flatten(0, 1)  # (B * 3, C, H, W)
+            grid = make_grid(rows.cpu(), nrow=3, padding=2, pad_value=1.0)
         save_image(grid, path)
         self.saved.append(path)
         for logger in trainer.loggers:

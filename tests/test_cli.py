@@ -84,6 +84,9 @@ def test_every_pretrain_recipe_runs_two_steps(recipe, tmp_path):
             "--model.decoder_heads",
             "2",
         ]
+    if "num_frames" in Path(recipe).read_text():  # video: 4-frame clips, tubelets of 2
+        args += ["--data.num_frames", "4", "--model.encoder.init_args.num_frames", "4"]
+        args += ["--model.encoder.init_args.tubelet_size", "2"]
     assert main(args) == 0
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
@@ -115,6 +118,8 @@ def test_quickstart_recipe_trains_and_resumes(tmp_path):
     assert main([*common, "--trainer.max_epochs", "1"]) == 0
     first = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert first["global_step"] == 3
+    # saved at the end of the epoch (not only when training ends): the latest epoch checkpoint
+    assert (tmp_path / "checkpoints/epoch=0-step=3.ckpt").exists()
     assert first["mimkit"]["encoder"]["img_size"] == 32  # linked from the data module
     assert len(first["mimkit"]["mean"]) == 3
     previews = sorted(os.listdir(tmp_path / "previews"))

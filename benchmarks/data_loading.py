@@ -1,0 +1,113 @@
+"""Images/s of folder vs webdataset-shard reading with the MAE transform, 1..N workers.
+
+    python benchmarks/data_loading.py --images 2000 --size 320 --workers 1 2 4 8 [--json out.json]
+    python benchmarks/data_loading.py --root /datasets/imagenet/train --shards '/shards/in1k-{000000..000009}.tar'
+
+Without ``--root`` it writes ``--images`` synthetic JPEGs (smooth random images of about
+ImageNet's average size) to a temporary folder and shards them with ``mimkit shards write``'s
+writer. Each measurement reads ``--batches`` batches after one warm-up batch per worker; it
+prints a table (images/s in total and per worker) and optionally writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from mimkit.data.collate import collate_skipping
+from mimkit.data.folder import ImageFileDataset, scan_images
+from mimkit.data.shard_writer import write_shards
+from mimkit.data.shards import ShardStream, expand_urls
+from mimkit.data.transforms import mae_train_transform
+
+
+def make_images(folder: Path, count: int, size: int) -> None:
+    """Smooth random RGB JPEGs (upsampled noise compresses like photos, unlike raw noise)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        small = rng.integers(0, 255, (size // 16, size // 16, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((size * 4 // 3, size), Image.BICUBIC)
+        image.save(folder / f"{i:06d}.jpg", quality=90)
+
+
+def measure(dataset, workers: int, batch_size: int, batches: int) -> float:
+    """Images/s over ``batches`` batches after one warm-up batch per worker."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        shuffle=not isinstance(dataset, torch.utils.data.IterableDataset),
+        persistent_workers=False,
+    )
+    iterator = iter(loader)
+    for _ in range(max(1, workers)):
+        next(iterator)
+    start = time.perf_counter()
+    seen = 0
+    for _ in range(batches):
+        try:
+            batch = next(iterator)
+        except StopIteration:  # a small folder: start another pass
+            iterator = iter(loader)
+            batch = next(iterator)
+        seen += len(batch["pixels"])
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", help="an image folder/list to read (default: synthetic)")
+    parser.add_argument("--shards", help="shards of the same images (default: written here)")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=375, help="synthetic image height")
+    parser.add_argument("--img-size", type=int, default=224, help="MAE crop size")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--workers", type=int, nargs="+", default=None)
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    workers = args.workers or sorted({1, 2, os.cpu_count() or 1})
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.root) if args.root else Path(scratch) / "images"
+        if not args.root:
+            make_images(root, args.images, args.size)
+        if args.shards:
+            urls = expand_urls(args.shards)
+        else:
+            pattern = str(Path(scratch) / "shards" / "s-%04d.tar")
+            count = max(1, args.images // (4 * max(workers)))  # several shards per worker
+            urls = write_shards(root, pattern, max_count=count, progress=False)
+        transform = mae_train_transform(args.img_size)
+        folder = ImageFileDataset(scan_images(root), transform)
+        results = []
+        print(f"{'source':8} {'workers':>7} {'images/s':>10} {'per worker':>10}")
+        for n in workers:
+            for name in ("folder", "shards"):
+                if name == "folder":
+                    dataset = folder
+                else:  # resampled: an endless stream, so every worker stays busy
+                    dataset = ShardStream(urls, transform, resampled=True,
+                                          samples_per_rank=10**9, shuffle_buffer=256)  # fmt: skip
+                rate = measure(dataset, n, args.batch_size, args.batches)
+                results.append({"source": name, "workers": n, "images_per_s": rate,
+                                "per_worker": rate / n})  # fmt: skip
+                print(f"{name:8} {n:7d} {rate:10.1f} {rate / n:10.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs the pretraining throughput benchmark on a bare CUDA machine that has torch,
+# timm, lightning and transformers but not mimkit: builds an importable `mimkit`
+# package from this checkout (pretrain/ -> mimkit.pretrain, data/ -> mimkit.data,
+# finetune/ -> mimkit.finetune), installs wheels from .whl/ if present, then runs
+# benchmarks/pretrain_throughput.py with the given arguments.
+#
+#   bash benchmarks/run_on_gpu.sh --models B --batch-size 256 --precisions bf16 --compile
+#
+# Set RUN_XFORMERS_TEST=1 to also run the xformers-vs-sdpa GPU test first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PKG=${MIMKIT_PKG_DIR:-/tmp/pkg}
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+rm -rf "$PKG" && mkdir -p "$PKG/mimkit"
+cp -r mimkit/. "$PKG/mimkit/"
+cp -r pretrain "$PKG/mimkit/pretrain"
+cp -r data "$PKG/mimkit/data"
+cp -r finetune "$PKG/mimkit/finetune"
+export PYTHONPATH=$PKG:$PYTHONPATH PYTHONUNBUFFERED=1
+python3 -P -c "import torch, mimkit.pretrain; print('torch', torch.__version__, torch.cuda.get_device_name())"
+python3 -P -c "import xformers, xformers.ops; print('xformers', xformers.__version__)" || true
+if [ "${RUN_XFORMERS_TEST:-0}" = 1 ]; then
+    python3 -P -m pytest -q -p no:cacheprovider tests/test_attention.py -k "gpu or xformers" -rs || true
+fi
+if [ "${PROFILE_ONLY:-0}" = 1 ]; then exec python3 benchmarks/profile_step.py "$@"; fi
+exec python3 benchmarks/pretrain_throughput.py --device cuda "$@"

@@ -1,0 +1,361 @@
+"""Images or video clips streamed from webdataset tar shards (``mimkit shards write``).
+
+Shards are split across ranks and DataLoader workers (shard ``i`` goes to the global worker
+``i mod (world_size x num_workers)``), samples are shuffled in a buffer, and with
+``resampled=True`` every worker draws shards with replacement forever, cut into epochs of
+``epoch_length`` samples: the usual setting for multi-node training, where every rank must
+see the same number of batches. Samples are decoded with the same transforms as
+:class:`~mimkit.data.ImageFolder`; a sample that cannot be decoded (or a shard that cannot
+be read) is skipped and counted with the shared :class:`~mimkit.data.MimDataModule`
+machinery, and the next good sample takes its place so batches stay full.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import braceexpand
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .base import MimDataModule
+from .collate import NUM_SKIPPED, SKIPPED_PATHS, collate_skipping
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, mae_train_transform
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+VIDEO_KEYS: tuple[str, ...] = ("mp4", "avi", "mkv", "webm", "mov")
+
+
+class VideoDecoder:
+    """Raw ``mp4`` bytes to ``{"pixels": (3, T, S, S), "label"?}`` (PyAV, the ``[video]`` extra).
+
+    Clip sampling and the transform are the video DataModule's (:mod:`mimkit.data.video`),
+    applied to the in-memory file.
+
+    Args:
+        img_size: Output side ``S``.
+        train: Random clip position and augmentation, or the centered evaluation clip.
+        num_frames: Frames ``T`` per clip.
+        sampling_rate: Frame stride.
+        mean: Per-channel mean.
+        std: Per-channel std.
+    """
+
+    def __init__(
+        self,
+        img_size: int,
+        train: bool,
+        num_frames: int,
+        sampling_rate: int = 4,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        from .video import VideoClipTransform
+
+        self.transform = VideoClipTransform(img_size, train, mean, std)
+        self.num_frames = num_frames
+        self.sampling_rate = sampling_rate
+
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        from .video import VideoClipDataset
+
+        key = next((k for k in VIDEO_KEYS if k in raw), None)
+        if key is None:
+            return None
+        label = int(raw["cls"]) if "cls" in raw else None
+        video = io.BytesIO(raw[key])
+        clips = VideoClipDataset(
+            [(video, label)],  # type: ignore[list-item]  # PyAV opens file objects too
+            self.transform,
+            num_frames=self.num_frames,
+            sampling_rate=self.sampling_rate,
+        )
+        return clips[0]
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Shard URLs from brace patterns (``train-{000000..000127}.tar``), ``::``-joined or listed."""
+    patterns = [urls] if isinstance(urls, str) else list(urls)
+    expanded: list[str] = []
+    for pattern in patterns:
+        for part in pattern.split("::"):
+            expanded.extend(braceexpand.braceexpand(part))
+    if not expanded:
+        raise ValueError(f"No shard URLs in {urls!r}.")
+    return expanded
+
+
+class ShardStream(IterableDataset):
+    """Decoded samples of this rank's and this worker's shards.
+
+    Args:
+        urls: Shard URLs (paths, ``pipe:`` commands, ...).
+        transform: Maps an RGB PIL image to a float tensor ``(3, S, S)``; or, for video, a
+            callable mapping a raw sample dict to a sample dict or ``None``
+            (:class:`VideoDecoder`), with ``raw=True``.
+        rank: Global rank of this process.
+        world_size: Number of ranks.
+        shuffle_buffer: Samples held in the shuffle buffer (0: no shuffling); the shard
+            order is shuffled too.
+        resampled: Draw shards with replacement forever (needs ``samples_per_rank``).
+        samples_per_rank: Samples this rank yields per epoch (split across workers in whole
+            batches); ``None`` for one pass over the shards.
+        seed: Base seed of the shard and buffer shuffling.
+        batch_size: Batch size of the loader (each worker's quota is whole batches).
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        transform: Callable[[Image.Image], torch.Tensor],
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        samples_per_rank: int | None = None,
+        seed: int = 0,
+        batch_size: int = 1,
+        raw: bool = False,
+    ) -> None:
+        if resampled and samples_per_rank is None:
+            raise ValueError("resampled shards are an infinite stream: set epoch_length.")
+        self.urls = list(urls)
+        self.transform = transform
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.samples_per_rank = samples_per_rank
+        self.seed = seed
+        self.batch_size = batch_size
+        self.raw = raw
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        if self.samples_per_rank is None:
+            raise TypeError("a single pass over shards has no known length")
+        return self.samples_per_rank
+
+    def _worker(self) -> tuple[int, int]:
+        info = get_worker_info()
+        return (info.id, info.num_workers) if info is not None else (0, 1)
+
+    def _quota(self, worker: int, num_workers: int) -> int | None:
+        if self.samples_per_rank is None:
+            return None
+        share, extra = divmod(self.samples_per_rank // self.batch_size, num_workers)
+        return (share + (worker < extra)) * self.batch_size
+
+    def _shard_urls(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[str]:
+        if self.resampled:
+            while True:
+                yield rng.choice(self.urls)
+        mine = self.urls[self.rank * num_workers + worker :: self.world_size * num_workers]
+        if self.shuffle_buffer > 0:
+            rng.shuffle(mine)
+        yield from mine
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, num_workers = self._worker()
+        rng = random.Random(hash((self.seed, self.epoch, self.rank, worker)))
+        failures: list[str] = []
+
+        def on_error(error: Exception) -> bool:
+            failures.append(f"{getattr(error, 'args', [''])[-1]!s}"[:200] or repr(error))
+            log.warning("Skipping unreadable shard data: %r", error)
+            return True
+
+        urls = ({"url": url} for url in self._shard_urls(rng, worker, num_workers))
+        samples = wds.tarfile_to_samples(handler=on_error)(urls)
+        if self.shuffle_buffer > 0:
+            initial = min(self.shuffle_buffer, 100)
+            samples = wds.shuffle(self.shuffle_buffer, initial, rng=rng)(samples)
+        quota = self._quota(worker, num_workers)
+        served = 0
+        for raw in samples:
+            if quota is not None and served >= quota:
+                break
+            sample = self.decode(raw)
+            if sample is None:
+                failures.append(f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}")
+                continue
+            if failures:
+                sample[NUM_SKIPPED], sample[SKIPPED_PATHS] = len(failures), failures
+                failures = []
+            served += 1
+            yield sample
+
+    def decode(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        """``{"pixels": (3, S, S), "label"?}`` of a raw tar sample, ``None`` when unreadable."""
+        if self.raw:
+            try:
+                return self.transform(raw)  # type: ignore[arg-type]
+            except Exception as error:  # the decoder's own failures: skip and count
+                log.debug("Skipping undecodable sample %s: %r", raw.get("__key__"), error)
+                return None
+        key = next((k for k in IMAGE_KEYS if k in raw), None)
+        if key is None:
+            return None
+        try:
+            with Image.open(io.BytesIO(raw[key])) as image:
+                sample: dict[str, Any] = {"pixels": self.transform(image.convert("RGB"))}
+            if "cls" in raw:
+                sample["label"] = int(raw["cls"])
+        except Exception as error:  # truncated, corrupt, unsupported: skip and count
+            log.debug("Skipping undecodable sample %s: %r", raw.get("__key__"), error)
+            return None
+        return sample
+
+
+class _EpochLoader(DataLoader):
+    """A DataLoader that tells its stream which epoch each new iterator is for."""
+
+    def __iter__(self) -> Any:
+        self.dataset.epoch = getattr(self, "_next_epoch", 0)  # type: ignore[attr-defined]
+        self._next_epoch = self.dataset.epoch + 1  # type: ignore[attr-defined]
+        return super().__iter__()
+
+
+class Shards(MimDataModule):
+    """Images from webdataset tar shards for pretraining (MAE augmentation) and evaluation.
+
+    Samples hold an image under ``jpg``/``jpeg``/``png``/``webp`` and optionally an integer
+    ``cls``, as ``mimkit shards write`` produces.
+
+    Batches: ``{"pixels": (B, 3, img_size, img_size) float, "label": (B,) long (if labeled)}``.
+
+    Args:
+        urls: Training shards: a brace pattern (``/shards/train-{000000..001023}.tar``), several
+            joined by ``::``, or a list.
+        val_urls: Validation shards (read once, in order, no augmentation); ``None`` for none.
+        img_size: Output side length.
+        batch_size: Samples per batch (per device).
+        num_workers: DataLoader worker processes.
+        epoch_length: Training samples per epoch over all ranks; ``None`` for one pass over the
+            shards (then ranks may see different numbers of batches: use it with one device).
+        resampled: Draw training shards with replacement, an endless stream cut into epochs of
+            ``epoch_length`` samples (the multi-node setting).
+        shuffle_buffer: Shuffle buffer size in samples (0 to keep the shard order).
+        crop_scale: Area fraction range of the training random resized crop.
+        mean: Normalization mean per channel.
+        std: Normalization std per channel.
+        num_classes: Number of classes (labels come from ``cls``), ``None`` when unknown.
+        seed: Seed of the shard order and shuffle buffer.
+        num_frames: Frames ``T`` per clip for video shards (``mp4`` samples; batches are then
+            ``(B, 3, T, S, S)``); ``None`` for images.
+        sampling_rate: Frame stride of video clips.
+        pin_memory: Pin host memory when CUDA is available.
+    """
+
+    def __init__(
+        self,
+        urls: str | list[str],
+        val_urls: str | list[str] | None = None,
+        img_size: int = 224,
+        batch_size: int = 64,
+        num_workers: int = 8,
+        epoch_length: int | None = None,
+        resampled: bool = False,
+        shuffle_buffer: int = 5000,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        num_classes: int | None = None,
+        seed: int = 0,
+        num_frames: int | None = None,
+        sampling_rate: int = 4,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__(
+            img_size=img_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            mean=mean,
+            std=std,
+            num_classes=num_classes,
+        )
+        self.save_hyperparameters()
+        self.urls = expand_urls(urls)
+        self.val_urls = expand_urls(val_urls) if val_urls is not None else None
+        self.epoch_length = epoch_length
+        self.resampled = resampled
+        self.shuffle_buffer = shuffle_buffer
+        self.crop_scale = crop_scale
+        self.seed = seed
+        self.num_frames = num_frames
+        self.sampling_rate = sampling_rate
+        self.persistent_workers = False  # each epoch's iterator carries its epoch number
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the streams for this rank; warn when some workers would get no shard."""
+        rank, world_size = self._ranks()
+        readers = world_size * max(1, self.num_workers)
+        if not self.resampled and len(self.urls) < readers:
+            warnings.warn(
+                f"{len(self.urls)} training shards for {readers} readers ({world_size} ranks x "
+                f"{max(1, self.num_workers)} workers): {readers - len(self.urls)} readers get no "
+                "shard and stay idle (no sample is duplicated). Write more, smaller shards, "
+                "or set resampled=True with an epoch_length.",
+                stacklevel=2,
+            )
+        per_rank = None
+        if self.epoch_length is not None:
+            per_rank = self.epoch_length // world_size // self.batch_size * self.batch_size
+        if stage in (None, "fit"):
+            self.train_dataset = ShardStream(
+                self.urls,
+                self._decoder(train=True),
+                rank=rank,
+                world_size=world_size,
+                shuffle_buffer=self.shuffle_buffer,
+                resampled=self.resampled,
+                samples_per_rank=per_rank,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                raw=self.num_frames is not None,
+            )
+        if self.val_urls is not None:
+            self.val_dataset = ShardStream(
+                self.val_urls,
+                self._decoder(train=False),
+                raw=self.num_frames is not None,
+                rank=rank,
+                world_size=world_size,
+                shuffle_buffer=0,
+            )
+
+    def _decoder(self, train: bool) -> Callable[[Any], Any]:
+        if self.num_frames is not None:
+            return VideoDecoder(
+                self.img_size, train, self.num_frames, self.sampling_rate, self.mean, self.std
+            )
+        if train:
+            return mae_train_transform(self.img_size, self.mean, self.std, self.crop_scale)
+        return eval_transform(self.img_size, self.mean, self.std)
+
+    def _loader(self, dataset: Any, train: bool) -> DataLoader:
+        if dataset is None:
+            split = "train" if train else "validation"
+            raise RuntimeError(f"{type(self).__name__} has no {split} dataset; call setup() first.")
+        return _EpochLoader(
+            dataset,
+            batch_size=self.batch_size,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            collate_fn=collate_skipping,
+        )

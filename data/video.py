@@ -1,0 +1,502 @@
+"""Video clips from folders or Kinetics / Something-Something style lists, decoded with PyAV.
+
+Sources (``root`` / ``val_root``):
+
+* a folder of class subfolders of videos (labels from the sorted subfolder names);
+* a flat folder of videos (unlabeled);
+* a list file (``.csv`` / ``.txt``), one ``path label`` or ``path,label`` per line, as the
+  VideoMAE / MAE-ST Kinetics-400 and SSv2 lists; relative paths are resolved against
+  ``data_prefix`` (default: the list file's folder); a ``path,label`` header and ``#``
+  comments are skipped.
+
+Each read decodes one video once and samples ``repeat_aug`` clips from it (MAE-ST's
+repeated sampling), each with its own crop and flip; the model draws an independent mask
+for each. Videos that cannot be opened or decoded, or are shorter than ``min_frames``,
+give ``None`` and are skipped, counted and reported by the shared
+:class:`~mimkit.data.base.MimDataModule` machinery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import functional as TF
+
+from .base import MimDataModule
+from .collate import collate_skipping
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg")
+#: VideoMAE's multi-scale crop: crop sides are these fractions of the short side.
+MULTI_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
+_LINE = re.compile(r"^(?P<path>.+?)(?:[\s,]+(?P<label>-?\d+))?\s*$")
+
+Sampling = Literal["random", "uniform"]
+VideoSamples = list[tuple[str, int | None]]
+
+
+def _is_video(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def _read_video_list(list_file: Path, data_prefix: Path | None) -> VideoSamples:
+    samples: VideoSamples = []
+    prefix = data_prefix if data_prefix is not None else list_file.parent
+    for number, raw in enumerate(list_file.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _LINE.match(line)
+        assert match is not None
+        if number == 1 and match["label"] is None and "," in line:
+            continue  # a "path,label" header
+        path = Path(match["path"].strip().strip(",")).expanduser()
+        samples.append((str(path if path.is_absolute() else prefix / path), _label(match)))
+    if not samples:
+        raise ValueError(f"Video list {list_file} lists no videos.")
+    return samples
+
+
+def _label(match: re.Match[str]) -> int | None:
+    return int(match["label"]) if match["label"] is not None else None
+
+
+def scan_videos(
+    root: str | Path, classes: Sequence[str] | None = None, data_prefix: str | Path | None = None
+) -> VideoSamples:
+    """List the ``(path, label)`` samples of a video source (see the module docstring).
+
+    Args:
+        root: Class-subfolder folder, flat folder or list file.
+        classes: Class names defining label indices for a class-subfolder root.
+        data_prefix: Folder that relative paths of a list file are resolved against.
+
+    Raises:
+        FileNotFoundError: If ``root`` does not exist.
+        ValueError: If it holds no videos.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"Video source {root} does not exist.")
+    if root.is_file():
+        return _read_video_list(root, Path(data_prefix) if data_prefix is not None else None)
+    subfolders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subfolders:
+        samples: VideoSamples = [
+            (str(p), None) for p in sorted(root.iterdir()) if _is_video(p.name)
+        ]
+    else:
+        class_to_idx = {name: i for i, name in enumerate(classes or subfolders)}
+        samples = []
+        for name in subfolders:
+            if name not in class_to_idx:
+                raise ValueError(
+                    f"Video folder {root} has class {name!r} not in {list(classes or [])}."
+                )
+            for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                samples += [
+                    (os.path.join(dirpath, f), class_to_idx[name])
+                    for f in sorted(filenames)
+                    if _is_video(f)
+                ]
+    if not samples:
+        raise ValueError(f"Video folder {root} contains no videos ({', '.join(VIDEO_EXTENSIONS)}).")
+    return samples
+
+
+def clip_indices(
+    num_video_frames: int,
+    num_frames: int,
+    sampling_rate: int,
+    sampling: Sampling,
+    train: bool,
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """Frame indices of one clip.
+
+    ``random``: ``num_frames`` frames ``sampling_rate`` apart from a random start (the
+    centered start when not training), clamped to the last frame for short videos
+    (Kinetics). ``uniform``: the video is split into ``num_frames`` equal segments and one
+    frame is taken from each, at a random offset when training and the middle otherwise
+    (TSN-style, as VideoMAE samples Something-Something V2).
+    """
+    if sampling == "uniform":
+        edges = torch.linspace(0, num_video_frames, num_frames + 1)
+        width = edges[1:] - edges[:-1]
+        offset = (
+            torch.rand(num_frames, generator=generator) if train else torch.full((num_frames,), 0.5)
+        )
+        index = (edges[:-1] + offset * width).floor().long()
+    elif sampling == "random":
+        span = (num_frames - 1) * sampling_rate + 1
+        room = max(0, num_video_frames - span)
+        start = int(torch.randint(room + 1, (1,), generator=generator)) if train else room // 2
+        index = start + torch.arange(num_frames) * sampling_rate
+    else:
+        raise ValueError(f"sampling must be 'random' or 'uniform', got {sampling!r}")
+    return index.clamp(0, num_video_frames - 1).tolist()
+
+
+def decode_frames(path: str, wanted: Any) -> dict[int, torch.Tensor]:
+    """Decodes the frames of a video that ``wanted(num_frames)`` asks for.
+
+    Args:
+        path: Video file.
+        wanted: Callable mapping the video's frame count to the set of frame indices to
+            keep; called with the container's count when it is known (decoding then stops
+            after the last wanted frame), else after decoding every frame.
+
+    Returns:
+        ``{index: (H, W, 3) uint8}`` for the wanted indices.
+    """
+    import av  # the [video] extra
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        count = int(stream.frames or 0)
+        keep = set(wanted(count)) if count > 0 else None
+        last = max(keep) if keep else -1
+        frames: dict[int, torch.Tensor] = {}
+        decoded: list[Any] = []
+        for index, frame in enumerate(container.decode(stream)):
+            if keep is None:
+                decoded.append(frame)
+                continue
+            if index in keep:
+                frames[index] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+            if index >= last:
+                break
+    if keep is None:
+        if not decoded:
+            return {}
+        keep = set(wanted(len(decoded)))
+        frames = {i: torch.from_numpy(decoded[i].to_ndarray(format="rgb24")) for i in keep}
+    elif keep - frames.keys():  # the container overstated its frame count
+        return decode_all(path, wanted)
+    return frames
+
+
+def decode_all(path: str, wanted: Any) -> dict[int, torch.Tensor]:
+    """:func:`decode_frames` ignoring the container's frame count."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        decoded = list(container.decode(stream))
+    if not decoded:
+        return {}
+    keep = set(wanted(len(decoded)))
+    return {i: torch.from_numpy(decoded[i].to_ndarray(format="rgb24")) for i in keep}
+
+
+def multi_scale_crop_box(
+    height: int,
+    width: int,
+    scales: Sequence[float] = MULTI_SCALES,
+    max_distort: int = 1,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int]:
+    """VideoMAE's multi-scale crop: ``(top, left, crop_h, crop_w)``.
+
+    Crop height and width are drawn from ``scales`` times the short side, at most
+    ``max_distort`` steps apart in the list, and the box is placed at random.
+    """
+    short = min(height, width)
+    sizes = [int(short * s) for s in scales]
+    pairs = [
+        (h, w)
+        for i, h in enumerate(sizes)
+        for j, w in enumerate(sizes)
+        if abs(i - j) <= max_distort
+    ]
+    crop_h, crop_w = pairs[int(torch.randint(len(pairs), (1,), generator=generator))]
+    top = int(torch.randint(height - crop_h + 1, (1,), generator=generator))
+    left = int(torch.randint(width - crop_w + 1, (1,), generator=generator))
+    return top, left, crop_h, crop_w
+
+
+class VideoClipTransform:
+    """``(T, H, W, 3)`` uint8 frames to a normalized ``(3, T, S, S)`` float clip.
+
+    Training: multi-scale crop (VideoMAE) or, with ``area_scale``, a random resized crop
+    of that area fraction and aspect ratio in ``[3/4, 4/3]`` (MAE-ST), resized to ``S``;
+    horizontal flip with probability 0.5 when ``flip``; evaluation: short side resized to ``S``, center crop. Then ``/255`` and
+    per-channel normalization. The same crop and flip apply to every frame of a clip.
+
+    Args:
+        img_size: Output side ``S``.
+        train: Training augmentation or evaluation crop.
+        mean: Per-channel mean (of ``[0, 1]`` pixels).
+        std: Per-channel std.
+        flip: Random horizontal flip (off for Something-Something, where it changes labels).
+        scales: Multi-scale crop fractions of the short side.
+        area_scale: Area fraction range of a random resized crop, instead of multi-scale.
+    """
+
+    def __init__(
+        self,
+        img_size: int,
+        train: bool,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        flip: bool = True,
+        scales: Sequence[float] = MULTI_SCALES,
+        area_scale: tuple[float, float] | None = None,
+    ) -> None:
+        self.img_size = img_size
+        self.area_scale = area_scale
+        self.train = train
+        self.mean = list(mean)
+        self.std = list(std)
+        self.flip = flip
+        self.scales = tuple(scales)
+
+    def __call__(
+        self, frames: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        clip = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
+        height, width = clip.shape[-2:]
+        size = [self.img_size, self.img_size]
+        if self.train:
+            if self.area_scale is not None:
+                top, left, crop_h, crop_w = RandomResizedCrop.get_params(
+                    clip, list(self.area_scale), [3 / 4, 4 / 3]
+                )
+            else:
+                top, left, crop_h, crop_w = multi_scale_crop_box(
+                    height, width, self.scales, 1, generator
+                )
+            clip = TF.resized_crop(clip, top, left, crop_h, crop_w, size, antialias=True)
+            if self.flip and bool(torch.rand((), generator=generator) < 0.5):
+                clip = clip.flip(-1)
+        else:
+            clip = TF.resize(clip, self.img_size, antialias=True)
+            clip = TF.center_crop(clip, size)
+        clip = TF.normalize(clip, self.mean, self.std)
+        return clip.permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)
+
+
+class VideoClipDataset(Dataset):
+    """Decodes a video once and returns ``repeat_aug`` augmented clips of it.
+
+    Args:
+        samples: ``(path, label)`` pairs.
+        transform: Clip transform.
+        num_frames: Frames ``T`` per clip.
+        sampling_rate: Frame stride of ``random`` sampling.
+        sampling: ``random`` (Kinetics) or ``uniform`` (segments, SSv2).
+        train: Random clip positions, or centered clips (default: the transform's mode).
+        repeat_aug: Clips per decoded video; with more than 1, ``"pixels"`` is
+            ``(repeat_aug, 3, T, S, S)`` and :func:`collate_repeated` flattens it.
+        min_frames: Videos with fewer decodable frames are skipped (default ``num_frames``).
+    """
+
+    def __init__(
+        self,
+        samples: VideoSamples,
+        transform: VideoClipTransform,
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        sampling: Sampling = "random",
+        train: bool | None = None,
+        repeat_aug: int = 1,
+        min_frames: int | None = None,
+    ) -> None:
+        self.samples = samples
+        self.transform = transform
+        self.num_frames = num_frames
+        self.sampling_rate = sampling_rate
+        self.sampling = sampling
+        self.train = transform.train if train is None else train
+        self.repeat_aug = repeat_aug
+        self.min_frames = num_frames if min_frames is None else min_frames
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample_name(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        path, label = self.samples[index]
+        generator = None if self.train else torch.Generator().manual_seed(index)
+        clips_idx: list[list[int]] = []
+
+        def wanted(count: int) -> set[int]:
+            if count < self.min_frames:
+                return set()
+            clips_idx.clear()
+            for _ in range(self.repeat_aug if self.train else 1):
+                clips_idx.append(
+                    clip_indices(
+                        count,
+                        self.num_frames,
+                        self.sampling_rate,
+                        self.sampling,
+                        self.train,
+                        generator,
+                    )
+                )
+            return {i for clip in clips_idx for i in clip}
+
+        try:
+            frames = decode_frames(path, wanted)
+            if not frames or not clips_idx:
+                log.debug("Skipping short or empty video %s", path)
+                return None
+            clips = [
+                self.transform(torch.stack([frames[i] for i in c]), generator) for c in clips_idx
+            ]
+        except Exception as error:  # corrupt, missing, unsupported: skip and count
+            log.debug("Skipping unreadable video %s: %r", path, error)
+            return None
+        pixels = torch.stack(clips) if self.repeat_aug > 1 and self.train else clips[0]
+        sample: dict[str, Any] = {"pixels": pixels}
+        if label is not None:
+            sample["label"] = label
+        return sample
+
+
+def collate_repeated(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """:func:`collate_skipping`, then repeated clips ``(B, N, C, T, H, W)`` flattened to ``(B * N, ...)``.
+
+    Labels are repeated to match, so clip ``b * N + n`` comes from video ``b``.
+    """
+    batch = collate_skipping(samples)
+    pixels = batch["pixels"]
+    if pixels.ndim == 6:
+        repeats = pixels.shape[1]
+        batch["pixels"] = pixels.flatten(0, 1)
+        if "label" in batch:
+            batch["label"] = batch["label"].repeat_interleave(repeats)
+    return batch
+
+
+class VideoFolder(MimDataModule):
+    """Video clips for pretraining (VideoMAE / MAE-ST augmentation) and evaluation.
+
+    Batches: ``{"pixels": (B, 3, num_frames, img_size, img_size) float, "label": (B,) long}``
+    (``"label"`` for labeled sources). ``batch_size`` counts decoded videos: with
+    ``repeat_aug = N`` a training batch holds ``batch_size * N`` clips, clip ``b * N + n``
+    from video ``b``. Methods count the repeats in the effective batch (the learning rate
+    scales with clips, as in MAE-ST) through ``PretrainModule.samples_per_input``.
+
+    Args:
+        root: Training source: class folder, flat folder or ``path label`` list.
+        val_root: Validation source; ``None`` for no validation.
+        data_prefix: Folder for relative paths in list files.
+        img_size: Output side length.
+        num_frames: Frames per clip.
+        sampling_rate: Frame stride (4 for Kinetics in VideoMAE / MAE-ST).
+        sampling: ``random`` (strided clip) or ``uniform`` (one frame per segment, SSv2).
+        flip: Random horizontal flip in training.
+        crop_scales: Multi-scale crop fractions of the short side.
+        crop_area: Area fraction range of a random resized crop used instead of the
+            multi-scale crop (MAE-ST); ``None`` for multi-scale.
+        repeat_aug: Clips (and masks) per decoded video in training.
+        min_frames: Shorter videos are skipped (default ``num_frames``).
+        batch_size: Videos per batch (per device); training batches hold ``repeat_aug`` clips of each.
+        num_workers: DataLoader worker processes.
+        mean: Normalization mean per channel.
+        std: Normalization std per channel.
+        num_classes: Number of classes; inferred in ``setup`` for labeled sources when ``None``.
+        pin_memory: Pin host memory when CUDA is available.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        val_root: str | Path | None = None,
+        data_prefix: str | Path | None = None,
+        img_size: int = 224,
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        sampling: Sampling = "random",
+        flip: bool = True,
+        crop_scales: Sequence[float] = MULTI_SCALES,
+        crop_area: tuple[float, float] | None = None,
+        repeat_aug: int = 1,
+        min_frames: int | None = None,
+        batch_size: int = 32,
+        num_workers: int = 8,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        num_classes: int | None = None,
+        pin_memory: bool = True,
+    ) -> None:
+        if repeat_aug < 1:
+            raise ValueError(f"repeat_aug must be >= 1, got {repeat_aug}")
+        super().__init__(
+            img_size=img_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            mean=mean,
+            std=std,
+            num_classes=num_classes,
+        )
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.val_root = Path(val_root) if val_root is not None else None
+        self.data_prefix = data_prefix
+        self.num_frames = num_frames
+        self.sampling_rate = sampling_rate
+        self.sampling = sampling
+        self.flip = flip
+        self.crop_scales = tuple(crop_scales)
+        self.crop_area = crop_area
+        self.repeat_aug = repeat_aug
+        self.min_frames = min_frames
+
+    def _dataset(self, source: Path, train: bool, classes: list[str] | None) -> VideoClipDataset:
+        samples = scan_videos(source, classes, self.data_prefix)
+        labels = [label for _, label in samples if label is not None]
+        if labels and self.num_classes is None:
+            self.num_classes = len(classes) if classes else max(labels) + 1
+        transform = VideoClipTransform(
+            self.img_size, train, self.mean, self.std, self.flip, self.crop_scales, self.crop_area
+        )
+        return VideoClipDataset(
+            samples,
+            transform,
+            self.num_frames,
+            self.sampling_rate,
+            self.sampling,
+            train,
+            self.repeat_aug,
+            self.min_frames,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan the sources: the training one for ``fit`` (or no stage), the validation one always."""
+        classes = None
+        if self.root.is_dir():
+            classes = (
+                sorted(
+                    p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                )
+                or None
+            )
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset(self.root, True, classes)
+        if self.val_root is not None and self.val_dataset is None:
+            self.val_dataset = self._dataset(self.val_root, False, classes)
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        """The base loader, collating repeated clips into one ``(B * repeat_aug, ...)`` batch."""
+        loader = super()._loader(dataset, train)
+        loader.collate_fn = collate_repeated
+        return loader

@@ -1,0 +1,194 @@
+"""End-to-end fine-tuning of a pretrained encoder, MAE's recipe (He et al. 2022, A.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from timm.utils import ModelEmaV3
+from torch import Tensor, nn
+from torch.optim import AdamW, Optimizer
+
+from .base import ClassifierModule
+from .features import Pool
+
+__all__ = ["FineTune", "default_finetune_adamw"]
+
+
+def default_finetune_adamw(params: Iterable[Any]) -> Optimizer:
+    """AdamW with MAE's ViT-B fine-tuning settings (base lr 5e-4 per 256, wd 0.05)."""
+    return AdamW(params, lr=5e-4, betas=(0.9, 0.999), weight_decay=0.05)
+
+
+class FineTune(ClassifierModule):
+    """Fine-tunes the whole encoder with a linear head.
+
+    The encoder is the one :class:`~mimkit.pretrain.ViTEncoder` (no second copy): with
+    ``pool="avg"`` its final norm is replaced by an identity and a fresh ``fc_norm``
+    LayerNorm follows the mean of the patch tokens (MAE's global pooling, timm's
+    ``global_pool="avg"`` layout); with ``pool="cls"`` the class token after the final norm
+    feeds the head. The state dict is thus timm's ``encoder.*`` + ``fc_norm.*`` + ``head.*``.
+
+    Layer-wise lr decay uses timm's ``param_groups_layer_decay`` with the grouping of timm's
+    ViT (embeddings = layer 0, block ``i`` = layer ``i + 1``, final norm and head last), and
+    no weight decay on 1-D parameters, the position embedding and the tokens.
+
+    Args:
+        optimizer: AdamW, base lr 5e-4 per 256 samples by default (ViT-B).
+        layer_decay: lr of layer ``l`` is scaled by ``layer_decay ** (L + 1 - l)``.
+        weight_decay: weight decay of the ≥2-D weights (passed to the param groups).
+        mixup_alpha: mixup alpha (0 disables).
+        cutmix_alpha: cutmix alpha (0 disables).
+        mixup_prob: probability of mixing a batch.
+        mixup_switch_prob: probability of cutmix instead of mixup when both are on.
+        label_smoothing: smoothing of the (mixed) targets.
+        head_init_std: std of the head's truncated normal init (MAE: 2e-5).
+        train_pos_embed: learn the position embedding (MAE fine-tunes it).
+        ema_decay: keep a timm ``ModelEmaV3`` of encoder + head with this decay and
+            also report its validation accuracy (``None``: no EMA).
+        warmup_epochs: 5 in MAE's recipe.
+        pool: ``avg`` (MAE's fine-tuning default) or ``cls``.
+        **kwargs: encoder, checkpoint, class and schedule settings of
+            :class:`~mimkit.finetune.ClassifierModule`.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = default_finetune_adamw,
+        layer_decay: float = 0.75,
+        weight_decay: float = 0.05,
+        mixup_alpha: float = 0.8,
+        cutmix_alpha: float = 1.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        label_smoothing: float = 0.1,
+        head_init_std: float = 2e-5,
+        train_pos_embed: bool = True,
+        ema_decay: float | None = None,
+        warmup_epochs: float = 5.0,
+        pool: Pool = "avg",
+        **kwargs: Any,
+    ) -> None:
+        # plain settings first: the base builds the head (and Mixup) when num_classes is known
+        self.head_init_std = head_init_std
+        self.layer_decay = layer_decay
+        self.weight_decay = weight_decay
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.mixup_prob = mixup_prob
+        self.mixup_switch_prob = mixup_switch_prob
+        self.label_smoothing = label_smoothing
+        self.ema_decay = ema_decay
+        self.mixup: Mixup | None = None
+        super().__init__(optimizer=optimizer, warmup_epochs=warmup_epochs, pool=pool, **kwargs)
+        if train_pos_embed and self.encoder.pos_embed is not None:
+            self.encoder.pos_embed.requires_grad_(True)
+        if pool == "avg":
+            self.encoder.norm = nn.Identity()
+            self.fc_norm = nn.LayerNorm(self.encoder.num_features, eps=1e-6)
+        else:
+            self.fc_norm = nn.Identity()
+
+    def build_head(self, num_classes: int) -> None:
+        self.head = nn.Linear(self.encoder.num_features, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=self.head_init_std)
+        nn.init.zeros_(self.head.bias)
+
+    def _build(self, num_classes: int) -> None:
+        super()._build(num_classes)
+        if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
+            self.mixup = Mixup(
+                mixup_alpha=self.mixup_alpha,
+                cutmix_alpha=self.cutmix_alpha,
+                prob=self.mixup_prob,
+                switch_prob=self.mixup_switch_prob,
+                label_smoothing=self.label_smoothing,
+                num_classes=num_classes,
+            )
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.ema_decay is not None and not hasattr(self, "ema"):
+            self.ema = ModelEmaV3(self._parts(), decay=self.ema_decay)
+            self.ema.requires_grad_(False)
+            for name in ("acc1", "acc5"):
+                self.metrics[f"val_ema_{name}"] = self.metrics[f"val_{name}"].clone()
+
+    def _parts(self) -> nn.ModuleDict:
+        """The classifier's modules, in one container for the EMA (no copy)."""
+        return nn.ModuleDict({"encoder": self.encoder, "fc_norm": self.fc_norm, "head": self.head})
+
+    def logits(self, pixels: Tensor, parts: nn.ModuleDict | None = None) -> Tensor:
+        encoder = self.encoder if parts is None else parts["encoder"]
+        fc_norm = self.fc_norm if parts is None else parts["fc_norm"]
+        head = self.head if parts is None else parts["head"]
+        tokens = encoder(pixels)
+        if self.pool == "avg":
+            feats = tokens[:, encoder.num_prefix_tokens :].mean(dim=1)
+        else:
+            feats = tokens[:, 0]
+        return head(fc_norm(feats))
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.logits(pixels)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's ViT grouping under the ``encoder.`` prefix.
+
+        Embeddings are layer 0 and block ``i`` layer ``i + 1``; the final norm, ``fc_norm``
+        and the head match nothing, which timm maps to one last layer (scale 1), as in MAE.
+        """
+        return {
+            "stem": r"^encoder\.(?:cls_token|reg_token|pos_embed|patch_embed|norm_pre)",
+            "blocks": [(r"^encoder\.blocks\.(\d+)", None)],
+        }
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        no_decay = [f"encoder.{name}" for name in ("pos_embed", "cls_token", "reg_token")]
+        ema = getattr(self, "ema", None)
+        if ema is not None:
+            ema.requires_grad_(False)
+        return param_groups_layer_decay(
+            self,
+            weight_decay=self.weight_decay,
+            no_weight_decay_list=no_decay,
+            layer_decay=self.layer_decay,
+        )
+
+    def compute_loss(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        self.check_batch(batch, "train")
+        pixels, labels = batch["pixels"], batch["label"]
+        if self.mixup is not None:
+            if pixels.shape[0] % 2:
+                raise ValueError("mixup/cutmix needs an even batch size")
+            pixels, targets = self.mixup(pixels, labels)
+            loss = SoftTargetCrossEntropy()(self(pixels).float(), targets)
+        else:
+            loss = F.cross_entropy(
+                self(pixels).float(), labels, label_smoothing=self.label_smoothing
+            )
+        return {"loss": loss}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        ema = getattr(self, "ema", None)
+        if ema is not None and (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+            ema.update(self._parts(), step=self.global_step)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        ema = getattr(self, "ema", None)
+        if ema is not None:
+            logits = self.logits(batch["pixels"], ema.module)
+            for name in ("acc1", "acc5"):
+                metric = self.metrics[f"val_ema_{name}"]
+                metric(logits, batch["label"])
+                self.log(f"val/ema_{name}", metric, batch_size=batch["label"].shape[0])

@@ -1,0 +1,243 @@
+"""Video masked autoencoders: VideoMAE (Tong et al. 2022), MAE-ST (Feichtenhofer et al. 2022)
+and VideoMAE V2 dual masking (Wang et al. 2023), one module with their options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from jsonargparse import lazy_instance
+from torch import Tensor
+
+from .base import PretrainModule
+from .decoder import MAEDecoder
+from .encoder import ViTEncoder, gather_tokens
+from .masking import Mask, MaskGenerator, TubeMasking, decoder_targets
+from .patches import normalize_patches
+
+__all__ = ["VideoMAE", "normalize_tubelets", "patchify_video", "unpatchify_video"]
+
+
+def patchify_video(video: Tensor, patch_size: int, tubelet_size: int) -> Tensor:
+    """Splits clips into flattened tube patches.
+
+    Args:
+        video: ``(B, C, T, H, W)``.
+        patch_size: ``p``.
+        tubelet_size: ``t``.
+
+    Returns:
+        ``(B, N, t * p * p * C)`` with ``N = T/t * H/p * W/p`` time-major (the encoder's
+        token order) and each tube flattened as ``(t, p, p, C)``.
+    """
+    b, c, frames, height, width = video.shape
+    gt, gh, gw = frames // tubelet_size, height // patch_size, width // patch_size
+    x = video.reshape(b, c, gt, tubelet_size, gh, patch_size, gw, patch_size)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, T', H', W', t, p, p, C)
+    return x.reshape(b, gt * gh * gw, tubelet_size * patch_size * patch_size * c)
+
+
+def unpatchify_video(
+    patches: Tensor, patch_size: int, tubelet_size: int, grid_size: tuple[int, int, int]
+) -> Tensor:
+    """Inverse of :func:`patchify_video`: ``(B, N, t * p * p * C) -> (B, C, T, H, W)``."""
+    b = patches.shape[0]
+    gt, gh, gw = grid_size
+    c = patches.shape[-1] // (tubelet_size * patch_size * patch_size)
+    x = patches.reshape(b, gt, gh, gw, tubelet_size, patch_size, patch_size, c)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', t, H', p, W', p)
+    return x.reshape(b, c, gt * tubelet_size, gh * patch_size, gw * patch_size)
+
+
+def normalize_tubelets(
+    patches: Tensor, channels: int, eps: float = 1e-6
+) -> tuple[Tensor, Tensor, Tensor]:
+    """VideoMAE's target: each tube patch normalized per channel.
+
+    Mean and unbiased standard deviation are taken over the ``t * p * p`` pixels of one
+    channel of one tube; the target is ``(x - mean) / (std + eps)``, as in VideoMAE.
+
+    Args:
+        patches: ``(B, N, t * p * p * C)`` from :func:`patchify_video`.
+        channels: ``C``.
+
+    Returns:
+        ``(normalized, mean, std)``, ``mean``/``std`` of shape ``(B, N, 1, C)``.
+    """
+    x = patches.unflatten(-1, (-1, channels))  # (B, N, t * p * p, C)
+    mean = x.mean(dim=-2, keepdim=True)
+    std = x.var(dim=-2, keepdim=True).sqrt() + eps
+    return ((x - mean) / std).flatten(-2), mean, std
+
+
+class VideoMAE(PretrainModule):
+    """VideoMAE / MAE-ST: encode the few visible tube patches, regress the masked ones.
+
+    The encoder is the shared :class:`ViTEncoder` built for video (``num_frames``,
+    ``tubelet_size``): tubelets of ``t x p x p`` pixels, space-time sin-cos positions,
+    visible tokens only. A small decoder (384 wide, 4 blocks for ViT-B in VideoMAE)
+    predicts the pixels of masked tubes; the loss is the mean squared error over them.
+
+    The papers' variants are settings of this one module:
+
+    * VideoMAE: ``TubeMasking(0.9)``, no class token, ``norm_per_channel=True`` (each
+      tube normalized per channel), ``video_pos_embed: videomae`` on the encoder.
+    * MAE-ST: ``RandomMasking(0.9)`` over all ``T' * H' * W'`` tokens, a class token,
+      ``video_pos_embed: separable``, ``tubelet_size: 2``, decoder depth 4,
+      ``norm_per_channel=False`` (MAE's per-patch normalization).
+    * VideoMAE V2 dual masking: ``decoder_masking=RunningCellMasking(0.5)``; the decoder
+      then processes only the visible latents plus the decoder-visible subset of the
+      masked tokens (:func:`~mimkit.pretrain.masking.decoder_targets`) and the loss covers
+      exactly that subset.
+
+    Targets are built from the normalized input clip; per-patch normalization makes them
+    independent of the data's per-channel mean and std (up to ``eps``).
+
+    Args:
+        encoder: the shared ViT encoder, built with ``num_frames``.
+        masking: encoder mask generator (tube 0.9 by default).
+        decoder_dim: decoder width (384 for ViT-B in VideoMAE, 512 in MAE-ST).
+        decoder_depth: decoder blocks (4).
+        decoder_heads: decoder attention heads (6).
+        norm_pix_loss: regress per-patch normalized pixels.
+        norm_per_channel: normalize each channel of a tube separately (VideoMAE);
+            ``False`` normalizes the whole flattened tube (MAE, MAE-ST).
+        decoder_masking: VideoMAE V2 decoder mask generator; ``None`` decodes every
+            masked token.
+        **kwargs: optimizer, schedule and stability settings of :class:`PretrainModule`.
+    """
+
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        masking: MaskGenerator = lazy_instance(TubeMasking, mask_ratio=0.9),  # noqa: B008
+        decoder_dim: int = 384,
+        decoder_depth: int = 4,
+        decoder_heads: int = 6,
+        norm_pix_loss: bool = True,
+        norm_per_channel: bool = True,
+        decoder_masking: MaskGenerator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not encoder.is_video:
+            raise ValueError("VideoMAE needs a video encoder: set the encoder's num_frames")
+        self.encoder = encoder
+        self.masking = masking
+        self.decoder_masking = decoder_masking
+        self.norm_pix_loss = norm_pix_loss
+        self.norm_per_channel = norm_per_channel
+        self.patch_size = encoder.patch_size
+        self.tubelet_size = encoder.tubelet_size
+        self.decoder = MAEDecoder(
+            grid_size=encoder.grid_size,
+            encoder_dim=encoder.embed_dim,
+            out_dim=encoder.tubelet_size * encoder.patch_size**2 * encoder.in_chans,
+            num_prefix_tokens=encoder.num_prefix_tokens,
+            dim=decoder_dim,
+            depth=decoder_depth,
+            num_heads=decoder_heads,
+            attn_backend=encoder.attn_backend,
+            grad_checkpointing=encoder.grad_checkpointing,
+            video_pos_embed=encoder.video_pos_embed,
+        )
+
+    # ----- the model, one step at a time -------------------------------------------
+
+    def mask(self, batch_size: int, generator: torch.Generator | None = None) -> Mask:
+        """Draws the encoder mask over the ``(T', H', W')`` token grid."""
+        return self.masking(batch_size, self.encoder.grid_size, self.device, generator)
+
+    def decoder_queries(self, mask: Mask, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, K)`` masked tokens to reconstruct: all of them, or V2's decoder-visible subset."""
+        if self.decoder_masking is None:
+            return mask.ids_masked
+        decoder_mask = self.decoder_masking(
+            mask.mask.shape[0], self.encoder.grid_size, self.device, generator
+        )
+        return decoder_targets(mask, decoder_mask, generator)
+
+    def encode(self, video: Tensor, mask: Mask) -> Tensor:
+        """``(B, C, T, H, W) -> (B, P + N_keep, D)`` latents of the visible tubes."""
+        return self.encoder(video, mask.ids_keep)
+
+    def decode(self, latent: Tensor, mask: Mask, ids_query: Tensor) -> Tensor:
+        """``(B, P + N_keep, D) -> (B, K, t * p * p * C)`` predictions for ``ids_query``.
+
+        With decoder masking only the queried mask tokens enter the decoder; otherwise all
+        masked positions do and the queried ones are returned.
+        """
+        if self.decoder_masking is None:
+            return self.decoder(latent, mask.ids_restore, ids_query)
+        return self.decoder.forward_subset(latent, mask.ids_keep, ids_query)
+
+    def target(self, video: Tensor) -> Tensor:
+        """``(B, C, T, H, W) -> (B, N, t * p * p * C)`` regression target."""
+        patches = patchify_video(video, self.patch_size, self.tubelet_size)
+        if not self.norm_pix_loss:
+            return patches
+        if self.norm_per_channel:
+            return normalize_tubelets(patches, video.shape[1])[0]
+        return normalize_patches(patches)[0]
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Mean squared error over the reconstructed tubes, both ``(B, K, t * p * p * C)``."""
+        return (pred.float() - target.float()).pow(2).mean()
+
+    def compute_loss(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        video = batch["pixels"]
+        mask = self.mask(video.shape[0], generator)
+        ids_query = self.decoder_queries(mask, generator)
+        pred = self.decode(self.encode(video, mask), mask, ids_query)
+        target = gather_tokens(self.target(video.float()), ids_query)
+        return {"loss": self.loss(pred, target)}
+
+    # ----- pictures and checkpoints -------------------------------------------------
+
+    @torch.no_grad()
+    def reconstruct(
+        self, pixels: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Original, masked input and reconstruction, all ``(B, C, T, H, W)`` in input space.
+
+        Every masked tube is decoded (also under dual masking: the decoder runs on all
+        mask tokens for pictures). Normalized predictions are mapped back with the true
+        tubes' statistics; visible tubes are pasted from the input.
+        """
+        mask = self.mask(pixels.shape[0], generator)
+        pred = self.decoder(self.encode(pixels, mask), mask.ids_restore).float()
+        video = pixels.float()
+        patches = patchify_video(video, self.patch_size, self.tubelet_size)
+        if self.norm_pix_loss and self.norm_per_channel:
+            _, mean, std = normalize_tubelets(patches, video.shape[1])
+            pred = (pred.unflatten(-1, (-1, video.shape[1])) * std + mean).flatten(-2)
+        elif self.norm_pix_loss:
+            _, mean, std = normalize_patches(patches)
+            pred = pred * std + mean
+        hidden = mask.mask.unsqueeze(-1)
+        grid = self.encoder.grid_size
+        p, t = self.patch_size, self.tubelet_size
+        return {
+            "original": video,
+            "masked": unpatchify_video(patches.masked_fill(hidden, 0.0), p, t, grid),
+            "reconstruction": unpatchify_video(torch.where(hidden, pred, patches), p, t, grid),
+        }
+
+    def samples_per_input(self) -> int:
+        """Clips per loaded video: the datamodule's ``repeat_aug`` (MAE-ST repeated sampling)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        return int(getattr(datamodule, "repeat_aug", 1) or 1)
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        meta = super().checkpoint_metadata()
+        meta["encoder"] = dict(self.encoder.config)
+        meta["timm_name"] = self.encoder.timm_name
+        meta["timm_kwargs"] = dict(self.encoder.timm_kwargs)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        for key in ("mean", "std"):
+            value = getattr(datamodule, key, None)
+            if value is not None:
+                meta[key] = [float(v) for v in value]
+        return meta

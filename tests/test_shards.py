@@ -1,0 +1,244 @@
+"""Writing image sources into webdataset shards and streaming them back with `Shards`."""
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from mimkit.cli import main
+from mimkit.data.collate import collate_skipping
+from mimkit.data.shard_writer import ShardWriter, parse_size, write_shards
+from mimkit.data.shards import Shards, ShardStream, expand_urls
+from mimkit.data.transforms import eval_transform
+
+
+def make_images(folder: Path, count: int, corrupt: tuple[int, ...] = ()) -> Path:
+    """``count`` random 16x16 images (JPEG and PNG) and a list file labelling image i with i."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(count):
+        suffix = "jpg" if i % 2 else "png"
+        path = folder / f"img{i:03d}.{suffix}"
+        if i in corrupt:
+            path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        else:
+            pixels = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(path)
+        lines.append(f"{path.name} {i}")
+    listing = folder / "list.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
+
+
+def members(shard: str) -> dict[str, bytes]:
+    with tarfile.open(shard) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def labels_of(loader) -> list[int]:
+    return [int(label) for batch in loader for label in batch["label"]]
+
+
+def test_parse_size():
+    assert parse_size("1GB") == 10**9
+    assert parse_size("64KiB") == 65536
+    assert parse_size(123) == 123
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_write_shards_splits_by_size_and_records_samples(tmp_path):
+    listing = make_images(tmp_path / "images", 20, corrupt=(5,))  # 5: a corrupt .jpg, copied
+    pattern = str(tmp_path / "shards" / "train-%04d.tar")
+    shards = write_shards(listing, pattern, shard_size="3KB", progress=False)
+    assert len(shards) > 2 and shards[0].endswith("train-0000.tar")
+    keys, labels = [], []
+    for shard in shards:
+        content = members(shard)
+        for name, data in content.items():
+            key, ext = name.split(".", 1)
+            assert ext in ("jpg", "cls", "json")
+            if ext == "cls":
+                keys.append(key)
+                labels.append(int(data))
+            if ext == "json":
+                assert json.loads(data)["label"] == int(content[f"{key}.cls"])
+            if ext == "jpg" and key != "000000005":
+                Image.open(__import__("io").BytesIO(data)).verify()  # PNGs re-encoded as JPEG
+    assert labels == list(range(20)) and keys == [f"{i:09d}" for i in range(20)]
+    manifest = json.loads((tmp_path / "shards" / "train.manifest.json").read_text())
+    assert manifest["done"] and sum(s["count"] for s in manifest["shards"]) == 20
+
+
+def test_interrupted_write_resumes_to_the_same_shards(tmp_path, monkeypatch):
+    listing = make_images(tmp_path / "images", 16)
+    full = write_shards(listing, str(tmp_path / "full" / "s-%03d.tar"), shard_size="2KB")
+    pattern = str(tmp_path / "resumed" / "s-%03d.tar")
+    calls = {"n": 0}
+    original = ShardWriter._sample
+
+    def dies_at_sample_9(self, index, path, label):
+        calls["n"] += 1
+        if index == 9:
+            raise KeyboardInterrupt
+        return original(self, index, path, label)
+
+    monkeypatch.setattr(ShardWriter, "_sample", dies_at_sample_9)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(listing, pattern, shard_size="2KB", progress=False)
+    done_before = json.loads((tmp_path / "resumed" / "s.manifest.json").read_text())["shards"]
+    assert done_before and not any(
+        p.name.endswith(".tar") and p.name not in {Path(s["name"]).name for s in done_before}
+        for p in (tmp_path / "resumed").iterdir()
+    )
+    monkeypatch.setattr(ShardWriter, "_sample", original)
+    calls["n"] = 0
+    resumed = write_shards(listing, pattern, shard_size="2KB", progress=False)
+    assert [Path(p).name for p in resumed] == [Path(p).name for p in full]
+    for a, b in zip(full, resumed, strict=True):
+        assert members(a) == members(b)
+
+
+def test_stream_splits_shards_across_ranks_and_workers_without_duplicates(tmp_path):
+    listing = make_images(tmp_path / "images", 24)
+    shards = write_shards(listing, str(tmp_path / "s-%03d.tar"), max_count=4, progress=False)
+    assert len(shards) == 6
+    seen = []
+    for rank in range(2):
+        stream = ShardStream(shards, eval_transform(16), rank=rank, world_size=2, shuffle_buffer=8)
+        loader = DataLoader(stream, batch_size=4, num_workers=2, collate_fn=collate_skipping)
+        got = labels_of(loader)
+        # shard i -> global reader i % 4 (reader = rank x 2 + worker): rank 0 reads shards
+        # 0, 1, 4, 5 and rank 1 reads shards 2, 3
+        assert len(got) == (16 if rank == 0 else 8)
+        seen += got
+    assert sorted(seen) == list(range(24))
+
+
+def test_fewer_shards_than_workers_warns_and_never_duplicates(tmp_path):
+    listing = make_images(tmp_path / "images", 8)
+    write_shards(listing, str(tmp_path / "s-%03d.tar"), max_count=4, progress=False)
+    data = Shards(str(tmp_path / "s-{000..001}.tar"), img_size=16, batch_size=2, num_workers=3)
+    with pytest.warns(UserWarning, match="2 training shards for 3 readers"):
+        data.setup("fit")
+    assert sorted(labels_of(data.train_dataloader())) == list(range(8))
+
+
+def test_resampled_stream_has_a_fixed_epoch_length(tmp_path):
+    listing = make_images(tmp_path / "images", 8)
+    write_shards(listing, str(tmp_path / "s-%03d.tar"), max_count=4, progress=False)
+    data = Shards(
+        str(tmp_path / "s-{000..001}.tar"),
+        img_size=16,
+        batch_size=4,
+        num_workers=2,
+        resampled=True,
+        epoch_length=20,  # 5 batches, more than one pass over the 8 samples
+    )
+    data.setup("fit")
+    loader = data.train_dataloader()
+    assert len(loader) == 5
+    first, second = labels_of(loader), labels_of(loader)
+    assert len(first) == len(second) == 20
+    assert first != second  # each epoch draws other shards / another shuffle
+    assert set(first) <= set(range(8))
+
+
+def test_corrupt_samples_are_skipped_counted_and_replaced(tmp_path):
+    listing = make_images(tmp_path / "images", 12, corrupt=(3, 7))
+    write_shards(listing, str(tmp_path / "s-%03d.tar"), progress=False)
+    data = Shards(str(tmp_path / "s-000.tar"), img_size=16, batch_size=5, num_workers=0)
+    data.setup("fit")
+    batches = list(data.train_dataloader())
+    assert [len(b["label"]) for b in batches] == [5, 5]  # 10 good samples, batches stay full
+    assert sum(b["num_skipped"] for b in batches) == 2
+    assert all(b["pixels"].shape == (5, 3, 16, 16) for b in batches)
+    paths = [p for b in batches for p in b["skipped_paths"]]
+    assert any("000000003" in p for p in paths) and any("000000007" in p for p in paths)
+    labels = torch.cat([b["label"] for b in batches]).tolist()
+    assert sorted(labels) == [i for i in range(12) if i not in (3, 7)]
+
+
+def test_expand_urls():
+    assert expand_urls("a-{00..02}.tar::b.tar") == ["a-00.tar", "a-01.tar", "a-02.tar", "b.tar"]
+
+
+def test_pretrain_on_shards_through_the_cli(tmp_path):
+    listing = make_images(tmp_path / "images", 16)
+    assert (
+        main(
+            [
+                "shards",
+                "write",
+                "--source",
+                str(listing),
+                "--out",
+                str(tmp_path / "s-%03d.tar"),
+                "--max-count",
+                "8",
+            ]
+        )
+        == 0
+    )
+    args = [
+        "pretrain", "fit", "--config", str(Path(__file__).parents[1] / "recipes/quickstart/mae_digits.yaml"),
+        "--data", "mimkit.data.shards.Shards", "--data.urls", str(tmp_path / "s-{000..001}.tar"),
+        "--data.img_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
+        "--data.epoch_length", "8",
+        "--model.encoder.init_args.model_kwargs", '{"depth": 1, "embed_dim": 64, "num_heads": 2}',
+        "--model.decoder_depth", "1", "--model.warmup_epochs", "0",
+        "--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3
+
+
+def make_videos(folder: Path, count: int, frames: int = 12) -> Path:
+    """``count`` small mp4 clips (32x32, frame i of video v filled with v * 10 + i) and a csv."""
+    av = pytest.importorskip("av")
+    folder.mkdir(parents=True)
+    lines = []
+    for v in range(count):
+        path = folder / f"clip{v}.mp4"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("mpeg4", rate=8)
+            stream.width = stream.height = 32
+            stream.pix_fmt = "yuv420p"
+            for i in range(frames):
+                pixels = np.full((32, 32, 3), (v * 60 + i * 4) % 256, dtype=np.uint8)
+                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        lines.append(f"{path.name},{v}")
+    listing = folder / "train.csv"
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
+
+
+def test_video_shards_hold_the_files_and_stream_clips(tmp_path):
+    listing = make_videos(tmp_path / "videos", 4)
+    shards = write_shards(listing, str(tmp_path / "v-%03d.tar"), kind="video", progress=False)
+    content = members(shards[0])
+    assert content["000000002.mp4"] == (tmp_path / "videos/clip2.mp4").read_bytes()
+    assert int(content["000000002.cls"]) == 2
+    data = Shards(shards[0], img_size=16, batch_size=2, num_workers=0, num_frames=4,
+                  sampling_rate=2, val_urls=shards[0], mean=(0.0,) * 3, std=(1.0,) * 3)  # fmt: skip
+    data.setup("fit")
+    batches = list(data.val_dataloader())
+    assert [tuple(b["pixels"].shape) for b in batches] == [(2, 3, 4, 16, 16)] * 2
+    labels = torch.cat([b["label"] for b in batches]).tolist()
+    assert labels == [0, 1, 2, 3]
+    # evaluation clips are centered: 12 frames, 4 at stride 2 -> frames 2, 4, 6, 8
+    expected = torch.tensor([(v * 60 + i * 4) % 256 for v in range(4) for i in (2, 4, 6, 8)])
+    got = torch.cat([b["pixels"] for b in batches])[:, 0, :, 8, 8].flatten() * 255
+    torch.testing.assert_close(got, expected.float(), atol=6, rtol=0)  # lossy codec
+    train = next(iter(data.train_dataloader()))
+    assert train["pixels"].shape == (2, 3, 4, 16, 16)

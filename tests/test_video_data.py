@@ -1,0 +1,175 @@
+"""Video decoding, clip sampling, repeated sampling, broken videos and moving digits."""
+
+import math
+
+import pytest
+import torch
+
+from mimkit.data.collate import NUM_SKIPPED, SKIPPED_PATHS
+from mimkit.data.moving_digits import DIRECTIONS, MovingDigits
+from mimkit.data.video import (
+    VideoClipDataset,
+    VideoClipTransform,
+    VideoFolder,
+    clip_indices,
+    collate_repeated,
+    decode_frames,
+    multi_scale_crop_box,
+    scan_videos,
+)
+
+av = pytest.importorskip("av")
+np = pytest.importorskip("numpy")
+
+
+def write_video(path, num_frames: int = 24, height: int = 48, width: int = 64) -> None:
+    """An mp4 whose frame ``i`` is a flat color with red = 10 * i (frame index readable back)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = 2_000_000
+        for i in range(num_frames):
+            frame = np.zeros((height, width, 3), np.uint8)
+            frame[..., 0], frame[..., 1] = 10 * i, 128
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def frame_index(clip: torch.Tensor) -> list[int]:
+    """Frame indices read back from a ``(T, H, W, 3)`` uint8 clip's red channel."""
+    return [round(float(f[..., 0].float().mean()) / 10) for f in clip]
+
+
+def test_decode_reads_the_wanted_frames(tmp_path):
+    path = tmp_path / "a.mp4"
+    write_video(path)
+    counts = []
+    frames = decode_frames(str(path), lambda n: counts.append(n) or {2, 5, 11})
+    assert counts == [24] and sorted(frames) == [2, 5, 11]
+    assert frames[5].shape == (48, 64, 3) and frames[5].dtype == torch.uint8
+    assert frame_index(torch.stack([frames[i] for i in (2, 5, 11)])) == [2, 5, 11]
+
+
+def test_clip_indices():
+    gen = torch.Generator().manual_seed(0)
+    idx = clip_indices(100, 8, 4, "random", train=True, generator=gen)
+    assert len(idx) == 8 and all(b - a == 4 for a, b in zip(idx, idx[1:], strict=False))
+    assert clip_indices(100, 8, 4, "random", train=False) == [35 + 4 * k for k in range(8)]
+    assert clip_indices(10, 4, 4, "random", train=False) == [0, 4, 8, 9]  # short: clamped
+    uniform = clip_indices(80, 8, 1, "uniform", train=False)
+    assert uniform == [5 + 10 * k for k in range(8)]  # middle of each of 8 segments
+    rand = clip_indices(80, 8, 1, "uniform", train=True, generator=gen)
+    assert all(10 * k <= i < 10 * (k + 1) for k, i in enumerate(rand))
+
+
+def test_multi_scale_crop_box_sizes():
+    gen = torch.Generator().manual_seed(0)
+    sizes = {int(48 * s) for s in (1.0, 0.875, 0.75, 0.66)}
+    for _ in range(50):
+        top, left, h, w = multi_scale_crop_box(48, 64, generator=gen)
+        assert h in sizes and w in sizes and top + h <= 48 and left + w <= 64
+
+
+def test_clip_dataset_repeated_sampling_and_normalization(tmp_path):
+    path = tmp_path / "a.mp4"
+    write_video(path)
+    transform = VideoClipTransform(32, train=True, mean=(0.5,) * 3, std=(0.25,) * 3)
+    data = VideoClipDataset(
+        [(str(path), 3)], transform, num_frames=4, sampling_rate=2, repeat_aug=3
+    )
+    sample = data[0]
+    assert sample["pixels"].shape == (3, 3, 4, 32, 32) and sample["label"] == 3
+    green = sample["pixels"][:, 1]  # flat 128/255 green, normalized by (0.5, 0.25)
+    torch.testing.assert_close(
+        green.mean(), torch.tensor((128 / 255 - 0.5) / 0.25), atol=0.05, rtol=0
+    )
+    red = sample["pixels"][:, 0].mean(dim=(-1, -2)) * 0.25 + 0.5  # (N, T) in [0, 1]
+    steps = (red * 255 / 10).diff(dim=1)
+    torch.testing.assert_close(steps, torch.full_like(steps, 2.0), atol=0.5, rtol=0)  # stride 2
+    batch = collate_repeated([data[0], data[0]])
+    assert batch["pixels"].shape == (6, 3, 4, 32, 32)
+    assert batch["label"].tolist() == [3] * 6
+    evaluation = VideoClipDataset(
+        [(str(path), 3)], VideoClipTransform(32, train=False), num_frames=4, sampling_rate=2
+    )
+    torch.testing.assert_close(evaluation[0]["pixels"], evaluation[0]["pixels"])  # deterministic
+    assert evaluation[0]["pixels"].shape == (3, 4, 32, 32)
+
+
+def test_broken_short_and_missing_videos_are_skipped_and_counted(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+    write_video(tmp_path / "train/cat/good1.mp4")
+    write_video(tmp_path / "train/dog/good2.mp4")
+    write_video(tmp_path / "train/dog/short.mp4", num_frames=2)
+    (tmp_path / "train/cat/corrupt.mp4").write_bytes(b"\x00\x01 not a video" * 50)
+    lines = ["path,label", "train/cat/good1.mp4,0", "train/cat/corrupt.mp4,0"]
+    lines += ["train/dog/short.mp4 1", "train/dog/missing.mp4 1", "train/dog/good2.mp4 1"]
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    assert [label for _, label in scan_videos(tmp_path / "list.csv")] == [0, 0, 1, 1, 1]
+    assert [label for _, label in scan_videos(tmp_path / "train")] == [0, 0, 1, 1]
+
+    data = VideoFolder(
+        tmp_path / "list.csv", val_root=tmp_path / "train", img_size=32, num_frames=4,
+        sampling_rate=2, batch_size=5, num_workers=0,
+    )  # fmt: skip
+    data.setup("fit")
+    assert data.num_classes == 2 and data.num_frames == 4
+    loader = data.train_dataloader()
+    assert loader.batch_size == 5
+    batch = collate_repeated([loader.dataset[i] for i in range(5)])
+    assert batch["pixels"].shape == (5, 3, 4, 32, 32)  # failed reads replaced by good videos
+    assert batch[NUM_SKIPPED] >= 3
+    assert {p.rsplit("/", 1)[-1] for p in batch[SKIPPED_PATHS]} >= {
+        "corrupt.mp4", "short.mp4", "missing.mp4"
+    }  # fmt: skip
+    skipped = batch[NUM_SKIPPED]
+    data.on_before_batch_transfer(batch, 0)  # the DataModule pops and tallies the record
+    assert data.skipped_samples["unknown"] == skipped
+    assert NUM_SKIPPED not in batch
+    val = next(iter(data.val_dataloader()))
+    assert val["pixels"].shape[1:] == (3, 4, 32, 32)
+
+
+def test_repeat_aug_batches_count_clips(tmp_path):
+    write_video(tmp_path / "a.mp4")
+    write_video(tmp_path / "b.mp4")
+    data = VideoFolder(
+        tmp_path, img_size=32, num_frames=4, repeat_aug=2, batch_size=2, num_workers=0
+    )
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["pixels"].shape == (4, 3, 4, 32, 32)  # 2 videos x 2 clips
+    assert not torch.equal(batch["pixels"][0], batch["pixels"][1])  # two different clips
+    with pytest.raises(ValueError, match="repeat_aug"):
+        VideoFolder(tmp_path, repeat_aug=0)
+
+
+def test_moving_digits_labels_match_the_motion_and_the_digit():
+    data = MovingDigits(img_size=32, num_frames=8, digit_size=12, speed=2.0, num_samples=24)
+    ds = data.train_dataset
+    digits = ds.digits.flatten(1)  # (M, 144)
+    seen = set()
+    for i in range(24):
+        frames, digit, direction = ds.render(i)
+        seen.add(direction)
+        # direction: the displacement of the centre of mass from first to last frame
+        ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+        mass = frames.sum(dim=(1, 2))
+        cx, cy = (frames * xs).sum((1, 2)) / mass, (frames * ys).sum((1, 2)) / mass
+        angle = math.atan2(-(cy[-1] - cy[0]).item(), (cx[-1] - cx[0]).item())
+        assert round(angle / (math.pi / 4)) % 8 == direction, DIRECTIONS[direction]
+        # digit: frame 0 contains, at some position, an image of that class
+        windows = torch.nn.functional.unfold(frames[:1, None], 12)[0].T  # (441, 144)
+        distance = torch.cdist(windows, digits, compute_mode="donot_use_mm_for_euclid_dist").amin(0)
+        assert ds.labels[distance < 1e-5].eq(digit).any()
+        sample = ds[i]
+        assert sample["pixels"].shape == (3, 8, 32, 32)
+        assert sample["label"] == digit and sample["direction"] == direction
+    assert len(seen) >= 6
+    assert data.num_classes == 10
+    by_direction = MovingDigits(num_samples=4, num_val_samples=0, label="direction")
+    assert by_direction.num_classes == 8 and by_direction.val_dataset is None
+    assert by_direction.train_dataset[1]["label"] == by_direction.train_dataset[1]["direction"]

@@ -1,0 +1,324 @@
+"""Video encoder, space-time positions, video masking and the VideoMAE losses."""
+
+import math
+from functools import partial
+
+import pytest
+import timm
+import torch
+from timm.models.vision_transformer import Block
+
+from mimkit.pretrain.encoder import ViTEncoder
+from mimkit.pretrain.masking import (
+    RandomMasking,
+    RunningCellMasking,
+    TubeMasking,
+    decoder_targets,
+    running_cell_mask,
+    tube_mask,
+)
+from mimkit.pretrain.pos_embed import sincos_3d, sincos_separable, sincos_videomae
+from mimkit.pretrain.videomae import VideoMAE, patchify_video, unpatchify_video
+
+T, S, P, TUBE = 4, 32, 8, 2  # 4 frames of 32x32, 8x8 patches, tubelets of 2: 2x4x4 = 32 tokens
+
+
+def video_encoder(**kwargs) -> ViTEncoder:
+    args = dict(img_size=S, patch_size=P, num_frames=T, tubelet_size=TUBE, attn_backend="math")
+    args.update(kwargs)
+    args.setdefault("model_kwargs", {"depth": 2})
+    return ViTEncoder("vit_tiny_patch16_224", **args)
+
+
+def omega(dim: int) -> torch.Tensor:
+    return 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+
+
+def sc(pos: float, dim: int) -> torch.Tensor:
+    return torch.cat([torch.sin(pos * omega(dim)), torch.cos(pos * omega(dim))])
+
+
+# ----- encoder and positions ---------------------------------------------------------
+
+
+def test_tubelet_embedding_is_a_linear_map_of_each_tube():
+    encoder = video_encoder().eval()
+    weight = encoder.state_dict()["patch_embed.proj.weight"]
+    assert weight.shape == (192, 3, TUBE, P, P)  # the official VideoMAE layout
+    assert encoder.grid_size == (2, 4, 4) and encoder.num_patches == 32
+    video = torch.randn(2, 3, T, S, S)
+    tokens = encoder.embed_tubelets(video)
+    assert tokens.shape == (2, 32, 192)
+    # token (t=1, h=2, w=3) by hand: the tube's pixels times the kernel, plus bias
+    tube = video[:, :, 2:4, 16:24, 24:32]
+    expected = torch.einsum("bctij,dctij->bd", tube, weight) + encoder.patch_embed.proj.bias
+    torch.testing.assert_close(tokens[:, 1 * 16 + 2 * 4 + 3], expected, atol=1e-5, rtol=1e-5)
+    out = encoder(video, torch.arange(5).expand(2, -1))
+    assert out.shape == (2, 1 + 5, 192)
+    with pytest.raises(ValueError, match="expects"):
+        encoder(torch.randn(2, 3, S, S))
+
+
+def test_video_blocks_keep_timm_names():
+    encoder = video_encoder(model_kwargs={"depth": 1, "class_token": False, "global_pool": "avg"})
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=0, img_size=S, patch_size=P, depth=1,
+        class_token=False, global_pool="avg",
+    )  # fmt: skip
+    video_only = {"patch_embed.proj.weight", "pos_embed"}
+    assert set(encoder.state_dict()) == set(vit.state_dict())
+    missing, unexpected = vit.load_state_dict(
+        {k: v for k, v in encoder.state_dict().items() if k not in video_only}, strict=False
+    )
+    assert set(missing) == video_only and not unexpected
+    assert encoder.num_prefix_tokens == 0 and encoder.pos_embed.shape == (1, 32, 192)
+
+
+def test_space_time_sincos_formulas():
+    dim = 64
+    joint = sincos_3d((2, 4, 4), dim)
+    ds = 2 * (3 * dim // 16)  # 24 channels for columns, 24 for rows, 16 for time
+    token = joint[1 * 16 + 2 * 4 + 3]  # t=1, h=2, w=3
+    torch.testing.assert_close(
+        token, torch.cat([sc(3, ds), sc(2, ds), sc(1, dim - 2 * ds)]).float()
+    )
+    sep = sincos_separable((2, 4, 4), dim)
+    half = dim // 2
+    spatial = torch.cat([sc(3, half), sc(2, half)])  # MAE 2D: columns then rows
+    torch.testing.assert_close(token * 0 + sep[1 * 16 + 2 * 4 + 3], (spatial + sc(1, dim)).float())
+    vmae = sincos_videomae(32, dim)
+    n, i = 27, torch.arange(dim // 2, dtype=torch.float64)
+    angle = n / 10000 ** (2 * i / dim)
+    torch.testing.assert_close(vmae[n, 0::2], angle.sin().float())
+    torch.testing.assert_close(vmae[n, 1::2], angle.cos().float())
+    encoder = video_encoder(video_pos_embed="separable")
+    assert not encoder.pos_embed.requires_grad
+    assert torch.count_nonzero(encoder.pos_embed[0, 0]) == 0  # class token position
+    torch.testing.assert_close(encoder.pos_embed[0, 1:], sincos_separable((2, 4, 4), 192))
+
+
+def test_patchify_video_roundtrip_and_order():
+    video = torch.randn(2, 3, T, S, S)
+    patches = patchify_video(video, P, TUBE)
+    assert patches.shape == (2, 32, TUBE * P * P * 3)
+    torch.testing.assert_close(unpatchify_video(patches, P, TUBE, (2, 4, 4)), video)
+    tube = video[0, :, 2:4, 8:16, 0:8].permute(1, 2, 3, 0).reshape(-1)  # (t, p, p, C)
+    torch.testing.assert_close(patches[0, 1 * 16 + 1 * 4 + 0], tube)
+
+
+# ----- masking -----------------------------------------------------------------------
+
+
+def test_tube_mask_repeats_one_spatial_mask_over_time():
+    gen = torch.Generator().manual_seed(0)
+    mask = tube_mask(8, (4, 7, 7), 0.9, generator=gen)
+    per_frame = 49 - int(49 * 0.1)
+    assert mask.ids_masked.shape == (8, 4 * per_frame)
+    grid = mask.mask.view(8, 4, 49)
+    assert (grid == grid[:, :1]).all()
+    assert (grid.sum(-1) == per_frame).all()
+    assert TubeMasking(0.9).num_visible((4, 7, 7)) == mask.num_keep
+    again = tube_mask(8, (4, 7, 7), 0.9, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mask.mask, again.mask)
+    assert len({tuple(r.tolist()) for r in mask.ids_keep}) == 8
+
+
+def test_space_time_random_mask_is_not_a_tube():
+    mask = RandomMasking(0.9)(16, (4, 7, 7), generator=torch.Generator().manual_seed(0))
+    assert mask.num_masked == 196 - int(196 * 0.1)
+    grid = mask.mask.view(16, 4, 49)
+    assert not (grid == grid[:, :1]).all()
+
+
+def test_running_cell_mask_pattern():
+    mask = running_cell_mask(6, (8, 4, 6), 0.5, 2, generator=torch.Generator().manual_seed(1))
+    assert (mask.mask.sum(1) == 8 * 24 // 2).all()
+    hidden = mask.mask.view(6, 8, 2, 2, 3, 2).permute(0, 1, 2, 4, 3, 5).reshape(6, 8, 6, 4)
+    assert (hidden.sum(-1) == 2).all()  # every 2x2 cell: 2 of 4 visible in every frame
+    visible = ~hidden
+    for start in range(8 - 3):  # each position visible in 2 of any 4 consecutive frames
+        assert (visible[:, start : start + 4].sum(1) == 2).all()
+    assert not torch.equal(visible[:, 0], visible[:, 1])  # the cell runs over time
+    assert torch.equal(
+        mask.mask,
+        RunningCellMasking(0.5)(6, (8, 4, 6), generator=torch.Generator().manual_seed(1)).mask,
+    )
+
+
+def test_decoder_targets_are_the_decoder_visible_masked_tokens():
+    gen = torch.Generator().manual_seed(0)
+    enc = tube_mask(32, (4, 6, 6), 0.75, generator=gen)
+    dec = running_cell_mask(32, (4, 6, 6), 0.5, generator=gen)
+    ids = decoder_targets(enc, dec, generator=gen)
+    k = enc.num_masked - (enc.num_masked - int(enc.num_masked * 0.5))
+    assert ids.shape == (32, k)
+    assert enc.mask.gather(1, ids).all()  # only encoder-masked tokens
+    assert (ids.diff(dim=1) > 0).all()
+    both = enc.mask & ~dec.mask  # masked and decoder-visible
+    chosen = torch.zeros_like(both).scatter_(1, ids, True)
+    for b in range(32):
+        if both[b].sum() >= k:
+            assert both[b][chosen[b]].all()  # all chosen are decoder-visible
+        else:
+            assert chosen[b][both[b]].all()  # all decoder-visible ones are chosen
+
+
+# ----- VideoMAE ----------------------------------------------------------------------
+
+
+def tiny_videomae(**kwargs) -> VideoMAE:
+    torch.manual_seed(0)
+    enc_kwargs = kwargs.pop("encoder", {})
+    return VideoMAE(
+        video_encoder(**enc_kwargs),
+        kwargs.pop("masking", TubeMasking(0.75)),
+        decoder_dim=32,
+        decoder_depth=2,
+        decoder_heads=4,
+        **kwargs,
+    )
+
+
+def reference_loss(model: VideoMAE, video, ids_keep, ids_query, full_decoder: bool):
+    """Per-sample loop over plain timm modules and explicit formulas.
+
+    The tube embedding is an einsum over sliced tubes; encoder and decoder blocks are
+    timm's own, with copied weights; the target is normalized per tube and channel by hand.
+    """
+    enc, dec = model.encoder, model.decoder
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=0, img_size=S, patch_size=P, depth=2
+    )
+    state = {
+        k: v
+        for k, v in enc.state_dict().items()
+        if k not in ("patch_embed.proj.weight", "pos_embed")
+    }
+    vit.load_state_dict(state, strict=False)
+    blocks = []
+    for block in dec.blocks:
+        ref = Block(32, 4, 4.0, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+        ref.load_state_dict(block.state_dict())
+        blocks.append(ref)
+    weight, bias = enc.patch_embed.proj.weight, enc.patch_embed.proj.bias
+    pos, dpos = enc.pos_embed[0], dec.pos_embed[0]
+    n = 32
+
+    def tube(b, i):
+        t, rest = divmod(i, 16)
+        h, w = divmod(rest, 4)
+        return video[b, :, t * TUBE : (t + 1) * TUBE, h * P : (h + 1) * P, w * P : (w + 1) * P]
+
+    losses = []
+    for b in range(video.shape[0]):
+        keep = ids_keep[b].tolist()
+        tokens = [
+            torch.einsum("ctij,dctij->d", tube(b, i), weight) + bias + pos[1 + i] for i in keep
+        ]
+        x = torch.stack([vit.cls_token[0, 0] + pos[0], *tokens])[None]
+        for block in vit.blocks:
+            x = block(x)
+        latent = dec.embed(vit.norm(x))[0]
+        query = ids_query[b].tolist()
+        if full_decoder:
+            slots = {i: latent[1 + j] for j, i in enumerate(keep)}
+            order = list(range(n))
+            seq = [slots.get(i, dec.mask_token[0, 0]) + dpos[1 + i] for i in order]
+        else:
+            order = keep + query
+            seq = [latent[1 + j] + dpos[1 + i] for j, i in enumerate(keep)]
+            seq += [dec.mask_token[0, 0] + dpos[1 + i] for i in query]
+        y = torch.stack([latent[0] + dpos[0], *seq])[None]
+        for block in blocks:
+            y = block(y)
+        pred = dec.pred(dec.norm(y))[0, 1:]
+        for i in query:
+            x_t = tube(b, i).permute(1, 2, 3, 0).reshape(-1, 3)  # (t*p*p, C)
+            mean = x_t.mean(0)
+            std = torch.sqrt(((x_t - mean) ** 2).sum(0) / (x_t.shape[0] - 1)) + 1e-6
+            target = ((x_t - mean) / std).reshape(-1)
+            losses.append(((pred[order.index(i)] - target) ** 2).mean())
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_videomae_loss_matches_independent_computation(dual):
+    kwargs = {"decoder_masking": RunningCellMasking(0.5)} if dual else {}
+    model = tiny_videomae(**kwargs).eval()
+    video = torch.randn(3, 3, T, S, S)
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    loss = model.compute_loss({"pixels": video}, generator=gen())["loss"]
+    g = gen()
+    mask = model.mask(3, g)
+    ids_query = model.decoder_queries(mask, g)
+    expected_k = mask.num_masked // 2 if dual else mask.num_masked
+    assert ids_query.shape == (3, expected_k)
+    with torch.no_grad():
+        ref = reference_loss(model, video, mask.ids_keep, ids_query, full_decoder=not dual)
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_dual_masking_loss_covers_exactly_the_decoder_targets():
+    model = tiny_videomae(decoder_masking=RunningCellMasking(0.5)).eval()
+    video = torch.randn(2, 3, T, S, S)
+    g = torch.Generator().manual_seed(7)
+    mask = model.mask(2, g)
+    ids_query = model.decoder_queries(mask, g)
+    skipped = [i for i in mask.ids_masked[0].tolist() if i not in ids_query[0].tolist()]
+    assert skipped, "some masked tokens are left out by the decoder mask"
+
+    def loss_with(token):
+        changed = video.clone()
+        if token is not None:
+            t, rest = divmod(token, 16)
+            h, w = divmod(rest, 4)
+            changed[0, :, t * 2 : t * 2 + 2, h * 8 : h * 8 + 8, w * 8 : w * 8 + 8].normal_()
+        gen = torch.Generator().manual_seed(7)
+        return model.compute_loss({"pixels": changed}, generator=gen)["loss"]
+
+    base = loss_with(None)
+    assert loss_with(skipped[0]) == base  # a masked tube outside the subset: no effect
+    assert loss_with(int(ids_query[0, 0])) != base  # a tube in the subset: counted
+
+
+def test_mae_st_options_and_reconstruction():
+    model = tiny_videomae(
+        masking=RandomMasking(0.9),
+        norm_per_channel=False,
+        encoder={"video_pos_embed": "separable"},
+    )
+    assert model.encoder.num_prefix_tokens == 1  # class token, as MAE-ST's cls_embed
+    video = torch.randn(2, 3, T, S, S)
+    out = model.compute_loss({"pixels": video})
+    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+    views = model.reconstruct(video, generator=torch.Generator().manual_seed(0))
+    assert views["reconstruction"].shape == video.shape
+    mask = model.mask(2, torch.Generator().manual_seed(0))
+    visible = ~mask.mask.view(2, 2, 4, 4)
+    # visible tubes are pasted from the input, masked tubes are zero in "masked"
+    t, h, w = [int(v) for v in visible[0].nonzero()[0]]
+    sl = (0, slice(None), slice(2 * t, 2 * t + 2), slice(8 * h, 8 * h + 8), slice(8 * w, 8 * w + 8))
+    torch.testing.assert_close(views["reconstruction"][sl], video[sl])
+    t, h, w = [int(v) for v in (~visible[0]).nonzero()[0]]
+    sl = (0, slice(None), slice(2 * t, 2 * t + 2), slice(8 * h, 8 * h + 8), slice(8 * w, 8 * w + 8))
+    assert views["masked"][sl].abs().sum() == 0
+
+
+def test_videomae_loss_goes_down():
+    model = tiny_videomae(encoder={"model_kwargs": {"depth": 1}}, norm_pix_loss=False)
+    coords = torch.arange(S, dtype=torch.float32)
+    phase = torch.rand(4, 1, 1, 1, 1, generator=torch.Generator().manual_seed(0)) * 6.28
+    frames = torch.arange(T, dtype=torch.float32).view(1, 1, T, 1, 1)
+    grating = torch.sin(0.4 * coords.view(1, 1, 1, S, 1) + 0.2 * coords + 0.5 * frames + phase)
+    video = grating.expand(4, 3, T, S, S).contiguous()  # moving gratings: predictable tubes
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for step in range(12):
+        loss = model.compute_loss({"pixels": video}, torch.Generator().manual_seed(step % 3))[
+            "loss"
+        ]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert math.fsum(losses[-3:]) / 3 < 0.9 * math.fsum(losses[:3]) / 3, losses
