@@ -177,8 +177,23 @@ class PretrainModule(L.LightningModule):
         return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        """What a later loader needs to rebuild the encoder (stored under ``"mimkit"``)."""
-        return {"method": type(self).__name__}
+        """What a later loader needs to rebuild the encoder (stored under ``"mimkit"``).
+
+        The method's name and, for a method with an ``encoder`` (a ``ViTEncoder``), its
+        config, timm name and keyword arguments, and the data's normalization mean/std.
+        """
+        meta: dict[str, Any] = {"method": type(self).__name__}
+        encoder = getattr(self, "encoder", None)
+        if hasattr(encoder, "config"):
+            meta["encoder"] = dict(encoder.config)
+            meta["timm_name"] = encoder.timm_name
+            meta["timm_kwargs"] = dict(encoder.timm_kwargs)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        for key in ("mean", "std"):
+            value = getattr(datamodule, key, None)
+            if value is not None:
+                meta[key] = [float(v) for v in value]
+        return meta
 
     def compile_targets(self) -> list[str]:
         """Names of the submodules compiled when ``compile_modules`` is set."""

@@ -21,22 +21,7 @@ from .pos_embed import sincos_2d
 from .regressor import LatentRegressor
 from .targets import PixelTarget, ReconstructionTarget
 
-__all__ = ["CAE", "CAEDecoder", "encoder_metadata"]
-
-
-def encoder_metadata(module: PretrainModule, encoder: ViTEncoder) -> dict[str, Any]:
-    """``checkpoint["mimkit"]`` as MAE writes it: method, encoder config, timm name, mean/std."""
-    meta: dict[str, Any] = {"method": type(module).__name__}
-    meta["encoder"] = dict(encoder.config)
-    meta["timm_name"] = encoder.timm_name
-    meta["timm_kwargs"] = dict(encoder.timm_kwargs)
-    trainer = module._trainer
-    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-    for key in ("mean", "std"):
-        value = getattr(datamodule, key, None)
-        if value is not None:
-            meta[key] = [float(v) for v in value]
-    return meta
+__all__ = ["CAE", "CAEDecoder"]
 
 
 class CAEDecoder(nn.Module):
@@ -240,6 +225,3 @@ class CAE(PretrainModule):
             "masked": unpatchify(patches.masked_fill(hidden, 0.0), self.patch_size, grid),
             "reconstruction": unpatchify(filled, self.patch_size, grid),
         }
-
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        return encoder_metadata(self, self.encoder)

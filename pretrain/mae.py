@@ -139,15 +139,3 @@ class MAE(PretrainModule):
 
     def samples_per_input(self) -> int:
         return self.mask_repeats
-
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        meta = super().checkpoint_metadata()
-        meta["encoder"] = dict(self.encoder.config)
-        meta["timm_name"] = self.encoder.timm_name
-        meta["timm_kwargs"] = dict(self.encoder.timm_kwargs)
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        for key in ("mean", "std"):
-            value = getattr(datamodule, key, None)
-            if value is not None:
-                meta[key] = [float(v) for v in value]
-        return meta

@@ -229,15 +229,3 @@ class VideoMAE(PretrainModule):
         """Clips per loaded video: the datamodule's ``repeat_aug`` (MAE-ST repeated sampling)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         return int(getattr(datamodule, "repeat_aug", 1) or 1)
-
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        meta = super().checkpoint_metadata()
-        meta["encoder"] = dict(self.encoder.config)
-        meta["timm_name"] = self.encoder.timm_name
-        meta["timm_kwargs"] = dict(self.encoder.timm_kwargs)
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        for key in ("mean", "std"):
-            value = getattr(datamodule, key, None)
-            if value is not None:
-                meta[key] = [float(v) for v in value]
-        return meta
