@@ -114,6 +114,8 @@ def test_quickstart_recipe_trains_and_resumes(tmp_path):
         '{"depth": 2}',
         "--preview.every_n_steps",
         "2",
+        "--checkpoint.every_n_epochs",
+        "1",
     ]
     assert main([*common, "--trainer.max_epochs", "1"]) == 0
     first = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
