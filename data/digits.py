@@ -15,6 +15,29 @@ from torchvision.transforms import v2
 from .base import MimDataModule
 from .views import ViewPair
 
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+def digit_splits(size: int, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """The bundled digits, upsampled and split (stratified, seeded) into train and val.
+
+    Returns:
+        ``((train_images, train_labels), (val_images, val_labels))``; images are floats in
+        ``[0, 1]`` of shape ``(N, 1, size, size)``, labels long ``(N,)``.
+    """
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)
+    labels = torch.from_numpy(digits.target).long()
+    train_idx, val_idx = train_test_split(
+        torch.arange(len(labels)).numpy(),
+        test_size=val_fraction,
+        random_state=seed,
+        stratify=labels.numpy(),
+    )
+    images = F.interpolate(images, size=(size, size), mode="bicubic").clamp(0.0, 1.0)
+    train, val = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    return (images[train], labels[train]), (images[val], labels[val])
+
 
 class TensorImageDataset(Dataset):
     """In-memory single-channel images, transformed per sample and repeated to ``channels``.
@@ -84,17 +107,9 @@ class Digits(MimDataModule):
         pin_memory: bool = True,
         views: ViewPair | None = None,
     ) -> None:
-        digits = load_digits()
-        images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)
-        labels = torch.from_numpy(digits.target).long()
-        train_idx, val_idx = train_test_split(
-            torch.arange(len(labels)).numpy(),
-            test_size=val_fraction,
-            random_state=seed,
-            stratify=labels.numpy(),
+        (train_images, train_labels), (val_images, val_labels) = digit_splits(
+            img_size, val_fraction, seed
         )
-        images = F.interpolate(images, size=(img_size, img_size), mode="bicubic").clamp(0.0, 1.0)
-        train_images = images[torch.from_numpy(train_idx)]
         mean, std = train_images.mean().item(), train_images.std().item()
         super().__init__(
             img_size=img_size,
@@ -113,13 +128,11 @@ class Digits(MimDataModule):
         normalize = v2.Normalize([mean], [std])
         self.train_dataset = TensorImageDataset(
             train_images,
-            labels[torch.from_numpy(train_idx)],
+            train_labels,
             v2.Compose(
                 [v2.RandomResizedCrop(img_size, scale=crop_scale, antialias=True), normalize]
             )
             if views is None
             else views.build(img_size, [mean], [std]),
         )
-        self.val_dataset = TensorImageDataset(
-            images[torch.from_numpy(val_idx)], labels[torch.from_numpy(val_idx)], normalize
-        )
+        self.val_dataset = TensorImageDataset(val_images, val_labels, normalize)

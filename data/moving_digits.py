@@ -6,12 +6,10 @@ import math
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from .base import MimDataModule
+from .digits import digit_splits
 
 #: Motion directions, counter-clockwise from east in 45 degree steps (image y points down).
 DIRECTIONS: tuple[str, ...] = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
@@ -148,18 +146,9 @@ class MovingDigits(MimDataModule):
         seed: int = 0,
         pin_memory: bool = True,
     ) -> None:
-        digits = load_digits()
-        images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)
-        labels = torch.from_numpy(digits.target).long()
-        train_idx, val_idx = train_test_split(
-            torch.arange(len(labels)).numpy(),
-            test_size=val_fraction,
-            random_state=seed,
-            stratify=labels.numpy(),
+        (train_images, train_labels), (val_images, val_labels) = digit_splits(
+            digit_size, val_fraction, seed
         )
-        images = F.interpolate(images, size=(digit_size, digit_size), mode="bicubic").clamp(0, 1)
-        train_images = images[torch.from_numpy(train_idx)]
-        train_labels = labels[torch.from_numpy(train_idx)]
         args = (num_frames, img_size, speed)
         probe = MovingDigitsDataset(train_images, train_labels, 64, *args, seed)
         stack = torch.stack([probe.render(i)[0] for i in range(64)])
@@ -181,8 +170,8 @@ class MovingDigits(MimDataModule):
         )
         if num_val_samples > 0:
             self.val_dataset = MovingDigitsDataset(
-                images[torch.from_numpy(val_idx)],
-                labels[torch.from_numpy(val_idx)],
+                val_images,
+                val_labels,
                 num_val_samples,
                 *args,
                 seed + num_samples,

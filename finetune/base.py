@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
-from mimkit.pretrain import PretrainModule, ViTEncoder, warmup_cosine
+from mimkit.pretrain import PretrainModule, ViTEncoder
 
 from .checkpoint import LoadResult, build_encoder, load_encoder_state, read_checkpoint
 from .features import Pool, check_pixels, pool_tokens
@@ -29,7 +28,8 @@ class ClassifierModule(PretrainModule):
     Inherits the optimizer plumbing of :class:`~mimkit.pretrain.PretrainModule` (lr scaled
     by ``effective_batch / 256``, per-step warmup then cosine, NaN-step skipping). A
     subclass builds its head (:meth:`build_head`) and maps tokens to logits
-    (:meth:`forward`); it may override :meth:`param_groups` and :meth:`loss`.
+    (:meth:`forward`); it may override :meth:`param_groups` (a group's ``lr_scale``
+    multiplies its lr) and :meth:`loss`.
 
     Args:
         init_from: checkpoint to load the encoder from (any format
@@ -124,12 +124,6 @@ class ClassifierModule(PretrainModule):
         """Training loss (cross-entropy by default)."""
         return F.cross_entropy(logits.float(), batch["label"])
 
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Parameter groups for the optimizer (an ``lr_scale`` key multiplies a group's lr)."""
-        from mimkit.pretrain.base import weight_decay_groups
-
-        return weight_decay_groups(self.named_trainable_parameters())
-
     def features(self, pixels: Tensor) -> Tensor:
         """Pooled encoder features ``(B, D)``."""
         return pool_tokens(self.encoder(pixels), self.pool, self.encoder.num_prefix_tokens)
@@ -215,45 +209,11 @@ class ClassifierModule(PretrainModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    # ----- optimizer --------------------------------------------------------------------
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        groups = self.param_groups()
-        optimizer = self.optimizer_factory(groups)
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        factor = self.effective_batch_size() / 256 if self.scale_lr else 1.0
-        for group in optimizer.param_groups:
-            group["lr"] = group["lr"] * factor * group.get("lr_scale", 1.0)
-        if self.scale_lr:
-            rank_zero_info(
-                f"effective batch {self.effective_batch_size()}: lr = base_lr x "
-                f"{self.effective_batch_size()}/256 = {optimizer.defaults['lr'] * factor:.3g}"
-            )
-        if self.lr_scheduler_factory is not None:
-            scheduler = self.lr_scheduler_factory(optimizer)
-        else:
-            warmup = self.resolve_warmup_steps(total_steps)
-            scheduler = LambdaLR(
-                optimizer, lambda step: warmup_cosine(step, warmup, total_steps, self.min_lr_ratio)
-            )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
-
     def checkpoint_metadata(self) -> dict[str, Any]:
         meta = super().checkpoint_metadata()
-        meta.update(
-            encoder=dict(self.encoder.config),
-            timm_name=self.encoder.timm_name,
-            timm_kwargs=dict(self.encoder.timm_kwargs),
-            num_classes=self.num_classes,
-            pool=self.pool,
-            init_from=self.init_from,
-        )
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        for key in ("mean", "std"):
-            value = getattr(datamodule, key, None) or self.source_meta.get(key)
-            if value is not None:
+        meta.update(num_classes=self.num_classes, pool=self.pool, init_from=self.init_from)
+        for key in ("mean", "std"):  # the pretraining data's, when this data does not say
+            value = self.source_meta.get(key)
+            if key not in meta and value is not None:
                 meta[key] = [float(v) for v in value]
         return meta

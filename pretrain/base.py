@@ -253,21 +253,26 @@ class PretrainModule(L.LightningModule):
         per_device = self.per_device_batch_size() * self.samples_per_input()
         return per_device * trainer.world_size * trainer.accumulate_grad_batches
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; a group's ``lr_scale`` key multiplies its lr."""
+        return weight_decay_groups(self.named_trainable_parameters(), self.decayed_names)
+
     def configure_optimizers(self) -> dict[str, Any]:
-        groups = weight_decay_groups(self.named_trainable_parameters(), self.decayed_names)
-        optimizer = self.optimizer_factory(groups)
+        optimizer = self.optimizer_factory(self.param_groups())
         total_steps = int(self.trainer.estimated_stepping_batches)
+        factor = 1.0
         if self.scale_lr:
             effective = self.effective_batch_size()
             factor = effective / 256
-            for group in optimizer.param_groups:
-                group["lr"] = group["lr"] * factor
             rank_zero_info(
                 f"effective batch {effective} = {self.per_device_batch_size()} per device x "
                 f"{self.samples_per_input()} repeats x "
                 f"{self.trainer.world_size} devices x {self.trainer.accumulate_grad_batches} "
-                f"accumulation; lr = base_lr x {effective}/256 = {optimizer.param_groups[0]['lr']:.3g}"
+                f"accumulation; lr = base_lr x {effective}/256 = "
+                f"{optimizer.defaults['lr'] * factor:.3g}"
             )
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * factor * group.get("lr_scale", 1.0)
         if self.lr_scheduler_factory is not None:
             scheduler = self.lr_scheduler_factory(optimizer)
         else:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import CPU_TRAINER
 
 from mimkit.cli import main
 
@@ -21,22 +22,13 @@ TINY_ENCODER = [
     '{"depth": 1, "embed_dim": 64, "num_heads": 2}',
 ]
 TINY_RUN = [
-    "--trainer.accelerator",
-    "cpu",
-    "--trainer.devices",
-    "1",
-    "--trainer.num_nodes",
-    "1",
-    "--trainer.precision",
-    "32-true",
+    *CPU_TRAINER,
     "--trainer.accumulate_grad_batches",
     "1",
     "--trainer.limit_val_batches",
     "1",
     "--trainer.strategy",
     "auto",
-    "--trainer.enable_progress_bar",
-    "false",
 ]
 
 

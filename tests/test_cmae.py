@@ -6,22 +6,17 @@ import lightning as L
 import pytest
 import timm
 import torch
+from tiny import tiny_encoder
 
 from mimkit.data import PixelShiftViews, Synthetic
-from mimkit.pretrain import CMAE, RandomMasking, ViTEncoder, momentum_at
+from mimkit.pretrain import CMAE, RandomMasking, momentum_at
 
 P = 8
 
 
 def tiny_cmae(**kwargs) -> CMAE:
     torch.manual_seed(0)
-    encoder = ViTEncoder(
-        "vit_tiny_patch16_224",
-        img_size=32,
-        patch_size=P,
-        attn_backend="sdpa",
-        model_kwargs={"depth": 1},
-    )
+    encoder = tiny_encoder(patch_size=P, attn_backend="sdpa")
     defaults = dict(
         masking=RandomMasking(0.65),
         decoder_dim=32,

@@ -2,15 +2,14 @@
 
 import torch
 import torch._dynamo
+from tiny import tiny_encoder
 
-from mimkit.pretrain import MAE, RandomMasking, ViTEncoder
+from mimkit.pretrain import MAE, RandomMasking
 from mimkit.pretrain.attention import prepare_attention
 
 
 def tiny_mae(**kwargs) -> MAE:
-    encoder = ViTEncoder(
-        "vit_tiny_patch16_224", img_size=32, patch_size=8, model_kwargs={"depth": 2}, **kwargs
-    )
+    encoder = tiny_encoder(depth=2, **kwargs)
     return MAE(encoder, RandomMasking(0.75), decoder_dim=32, decoder_depth=1, decoder_heads=4)
 
 

@@ -12,6 +12,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from tiny import CPU_TRAINER
 
 from mimkit.cli import main
 from mimkit.data import Digits, Synthetic
@@ -33,14 +34,7 @@ TINY_ENCODER = [
     "8",
 ]
 FAST_TRAINER = [
-    "--trainer.accelerator",
-    "cpu",
-    "--trainer.devices",
-    "1",
-    "--trainer.num_nodes",
-    "1",
-    "--trainer.precision",
-    "32-true",
+    *CPU_TRAINER,
     "--trainer.accumulate_grad_batches",
     "1",
     "--trainer.max_epochs",
@@ -49,8 +43,6 @@ FAST_TRAINER = [
     "2",
     "--trainer.limit_val_batches",
     "1",
-    "--trainer.enable_progress_bar",
-    "false",
 ]
 
 

@@ -6,20 +6,15 @@ import pytest
 import timm
 import torch
 from timm.models.vision_transformer import Block
+from tiny import tiny_encoder
 
-from mimkit.pretrain import MAE, RandomMasking, ViTEncoder
+from mimkit.pretrain import MAE, RandomMasking
 from mimkit.pretrain.masking import random_mask
 
 
 def tiny_mae(norm_pix_loss: bool = True, backend: str = "sdpa") -> MAE:
     torch.manual_seed(0)
-    encoder = ViTEncoder(
-        "vit_tiny_patch16_224",
-        img_size=32,
-        patch_size=8,
-        attn_backend=backend,
-        model_kwargs={"depth": 2},
-    )
+    encoder = tiny_encoder(depth=2, attn_backend=backend)
     return MAE(
         encoder,
         RandomMasking(0.75),

@@ -3,8 +3,9 @@
 import math
 
 import torch
+from tiny import tiny_encoder
 
-from mimkit.pretrain import RandomMasking, ViCMAE, ViTEncoder
+from mimkit.pretrain import RandomMasking, ViCMAE
 from mimkit.pretrain.masking import Mask
 
 P = 8
@@ -12,13 +13,7 @@ P = 8
 
 def tiny_vicmae(**kwargs) -> ViCMAE:
     torch.manual_seed(0)
-    encoder = ViTEncoder(
-        "vit_tiny_patch16_224",
-        img_size=32,
-        patch_size=P,
-        attn_backend="sdpa",
-        model_kwargs={"depth": 1},
-    )
+    encoder = tiny_encoder(patch_size=P, attn_backend="sdpa")
     defaults = dict(
         masking=RandomMasking(0.5),
         decoder_dim=32,

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tiny import CPU_TRAINER
 
 from mimkit.cli import main
 
@@ -90,18 +91,9 @@ def test_mae_st_recipe_on_real_videos_with_repeated_sampling(tmp_path):
         "1",
         "--model.decoder_heads",
         "2",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "1",
-        "--trainer.num_nodes",
-        "1",
-        "--trainer.precision",
-        "32-true",
+        *CPU_TRAINER,
         "--trainer.max_steps",
         "2",
-        "--trainer.enable_progress_bar",
-        "false",
         "--trainer.default_root_dir",
         str(tmp_path / "run"),
     ]

@@ -1,0 +1,27 @@
+"""Shared pieces of the test suite: tiny encoders and CPU trainer arguments."""
+
+from typing import Any
+
+from mimkit.pretrain import ViTEncoder
+
+#: Trainer overrides that make any recipe run on one CPU process in fp32.
+CPU_TRAINER = [
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.devices",
+    "1",
+    "--trainer.num_nodes",
+    "1",
+    "--trainer.precision",
+    "32-true",
+    "--trainer.enable_progress_bar",
+    "false",
+]
+
+
+def tiny_encoder(depth: int = 1, patch_size: int = 8, **kwargs: Any) -> ViTEncoder:
+    """A ViT-Tiny-wide encoder on 32x32 images with ``depth`` blocks."""
+    kwargs.setdefault("img_size", 32)
+    return ViTEncoder(
+        "vit_tiny_patch16_224", patch_size=patch_size, model_kwargs={"depth": depth}, **kwargs
+    )
