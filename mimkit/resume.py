@@ -26,6 +26,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -213,9 +214,13 @@ class RequeueOnSignal(Callback):
         )
         if not (self.requeue and job):
             return False
+        # SLURM ends this job's processes right after the requeue, possibly before anything
+        # printed later reaches the log: announce first.
+        rank_zero_info(f"requeueing SLURM job {job}; it resumes from {self.saved_path}")
+        sys.stdout.flush()
+        sys.stderr.flush()
         result = subprocess.call(["scontrol", "requeue", job])
         if result == 0:
-            rank_zero_info(f"requeued SLURM job {job}; it resumes from {self.saved_path}")
             return True
         rank_zero_warn(f"`scontrol requeue {job}` failed with exit code {result}")
         return False

@@ -248,7 +248,8 @@ def test_two_nodes_train_and_a_preempted_job_requeues_and_resumes_exactly(
     info = cluster.wait(job)
     log = (cluster.root / "runs" / f"preempted-{job}.out").read_text()
     assert info["JobState"] == "COMPLETED", log[-3000:]
-    assert "requeued SLURM job" in log and "Restored all states" in log
+    assert "requeueing SLURM job" in log, log[-3000:]
+    assert "(restart 1)" in log and "Restored all states" in log, log[-3000:]
     resumed = final_state(run_dir)
     assert resumed["global_step"] == 12
     for name, value in whole["state_dict"].items():
