@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart quickstart-methods test lint format clean
+.PHONY: install quickstart quickstart-methods quickstart-video test lint format clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ quickstart-methods: $(VENV)/.installed
 		$(VENV)/bin/mimkit pretrain fit --config recipes/quickstart/$${method}_digits.yaml --ckpt_path last && \
 		$(PY) -m mimkit.finetune.quickstart_report --ckpt runs/quickstart/$${method}_digits/checkpoints/last.ckpt || exit 1; \
 	done
+
+# VideoMAE on moving digits, then the same report on held-out moving-digit clips.
+quickstart-video: $(VENV)/.installed
+	$(VENV)/bin/mimkit pretrain fit --config recipes/quickstart/videomae_moving_digits.yaml --ckpt_path last
+	$(PY) -m mimkit.finetune.quickstart_report --ckpt runs/quickstart/videomae_moving_digits/checkpoints/last.ckpt
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)

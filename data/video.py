@@ -122,30 +122,57 @@ def clip_indices(
     sampling: Sampling,
     train: bool,
     generator: torch.Generator | None = None,
+    position: float = 0.5,
 ) -> list[int]:
     """Frame indices of one clip.
 
-    ``random``: ``num_frames`` frames ``sampling_rate`` apart from a random start (the
-    centered start when not training), clamped to the last frame for short videos
-    (Kinetics). ``uniform``: the video is split into ``num_frames`` equal segments and one
-    frame is taken from each, at a random offset when training and the middle otherwise
-    (TSN-style, as VideoMAE samples Something-Something V2).
+    ``random``: ``num_frames`` frames ``sampling_rate`` apart from a random start (when not
+    training, the start at ``position`` of the room left, 0.5 = centered), clamped to the
+    last frame for short videos (Kinetics). ``uniform``: the video is split into
+    ``num_frames`` equal segments and one frame is taken from each, at a random offset when
+    training and at ``position`` of each segment otherwise (TSN-style, as VideoMAE samples
+    Something-Something V2).
+
+    Args:
+        position: Where an evaluation clip sits, in ``[0, 1]``; multi-clip testing spreads
+            it over the clips (:func:`eval_clip_positions`).
     """
+    if not 0.0 <= position <= 1.0:
+        raise ValueError(f"position must be in [0, 1], got {position}")
     if sampling == "uniform":
         edges = torch.linspace(0, num_video_frames, num_frames + 1)
         width = edges[1:] - edges[:-1]
         offset = (
-            torch.rand(num_frames, generator=generator) if train else torch.full((num_frames,), 0.5)
+            torch.rand(num_frames, generator=generator)
+            if train
+            else torch.full((num_frames,), min(position, 1 - 1e-6))
         )
         index = (edges[:-1] + offset * width).floor().long()
     elif sampling == "random":
         span = (num_frames - 1) * sampling_rate + 1
         room = max(0, num_video_frames - span)
-        start = int(torch.randint(room + 1, (1,), generator=generator)) if train else room // 2
+        if train:
+            start = int(torch.randint(room + 1, (1,), generator=generator))
+        else:
+            start = room // 2 if position == 0.5 else int(round(position * room))
         index = start + torch.arange(num_frames) * sampling_rate
     else:
         raise ValueError(f"sampling must be 'random' or 'uniform', got {sampling!r}")
     return index.clamp(0, num_video_frames - 1).tolist()
+
+
+def eval_clip_positions(count: int, sampling: Sampling) -> list[float]:
+    """Positions of ``count`` test clips: evenly spread starts from the first to the last
+    possible one (``random``, VideoMAE's Kinetics testing), or offsets ``(k + 0.5) / count``
+    within the segments (``uniform``, its Something-Something testing); one clip is centered.
+    """
+    if count < 1:
+        raise ValueError(f"the number of test clips must be >= 1, got {count}")
+    if count == 1:
+        return [0.5]
+    if sampling == "uniform":
+        return [(k + 0.5) / count for k in range(count)]
+    return [k / (count - 1) for k in range(count)]
 
 
 def decode_frames(path: str, wanted: Any) -> dict[int, torch.Tensor]:
@@ -283,10 +310,34 @@ class VideoClipTransform:
             if self.flip and bool(torch.rand((), generator=generator) < 0.5):
                 clip = clip.flip(-1)
         else:
-            clip = TF.resize(clip, self.img_size, antialias=True)
-            clip = TF.center_crop(clip, size)
+            return self.eval_crops(frames, 1)[0]
         clip = TF.normalize(clip, self.mean, self.std)
         return clip.permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)
+
+    def eval_crops(self, frames: torch.Tensor, num_crops: int) -> list[torch.Tensor]:
+        """Evaluation views of one clip: short side resized to ``S``, then ``num_crops``
+        ``S x S`` crops evenly spread along the long side (one: centered; three: VideoMAE's
+        left / center / right testing).
+
+        Args:
+            frames: ``(T, H, W, 3)`` uint8 frames.
+            num_crops: Crops per clip.
+
+        Returns:
+            ``num_crops`` normalized ``(3, T, S, S)`` clips.
+        """
+        clip = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
+        clip = TF.resize(clip, self.img_size, antialias=True)
+        height, width = clip.shape[-2:]
+        room_y, room_x = height - self.img_size, width - self.img_size
+        views = []
+        for k in range(num_crops):
+            at = 0.5 if num_crops == 1 else k / (num_crops - 1)
+            top, left = int(round(at * room_y)), int(round(at * room_x))
+            view = clip[..., top : top + self.img_size, left : left + self.img_size]
+            view = TF.normalize(view, self.mean, self.std)
+            views.append(view.permute(1, 0, 2, 3).contiguous())
+        return views
 
 
 class VideoClipDataset(Dataset):
@@ -302,6 +353,9 @@ class VideoClipDataset(Dataset):
         repeat_aug: Clips per decoded video; with more than 1, ``"pixels"`` is
             ``(repeat_aug, 3, T, S, S)`` and :func:`collate_repeated` flattens it.
         min_frames: Videos with fewer decodable frames are skipped (default ``num_frames``).
+        test_clips: Evaluation clips per video, spread over it (:func:`eval_clip_positions`).
+        test_crops: Evaluation crops per clip, spread along the long side. With more than
+            one view, ``"pixels"`` is ``(test_clips * test_crops, 3, T, S, S)``, clip-major.
     """
 
     def __init__(
@@ -314,7 +368,13 @@ class VideoClipDataset(Dataset):
         train: bool | None = None,
         repeat_aug: int = 1,
         min_frames: int | None = None,
+        test_clips: int = 1,
+        test_crops: int = 1,
     ) -> None:
+        if test_crops < 1:
+            raise ValueError(f"test_crops must be >= 1, got {test_crops}")
+        self.positions = eval_clip_positions(test_clips, sampling)
+        self.test_crops = test_crops
         self.samples = samples
         self.transform = transform
         self.num_frames = num_frames
@@ -339,7 +399,8 @@ class VideoClipDataset(Dataset):
             if count < self.min_frames:
                 return set()
             clips_idx.clear()
-            for _ in range(self.repeat_aug if self.train else 1):
+            positions = [0.5] * self.repeat_aug if self.train else self.positions
+            for position in positions:
                 clips_idx.append(
                     clip_indices(
                         count,
@@ -348,6 +409,7 @@ class VideoClipDataset(Dataset):
                         self.sampling,
                         self.train,
                         generator,
+                        position,
                     )
                 )
             return {i for clip in clips_idx for i in clip}
@@ -357,13 +419,18 @@ class VideoClipDataset(Dataset):
             if not frames or not clips_idx:
                 log.debug("Skipping short or empty video %s", path)
                 return None
-            clips = [
-                self.transform(torch.stack([frames[i] for i in c]), generator) for c in clips_idx
-            ]
+            stacks = [torch.stack([frames[i] for i in c]) for c in clips_idx]
+            if self.train or self.test_crops == 1:
+                clips = [self.transform(stack, generator) for stack in stacks]
+            else:
+                clips = [
+                    v for stack in stacks for v in self.transform.eval_crops(stack, self.test_crops)
+                ]
         except Exception as error:  # corrupt, missing, unsupported: skip and count
             log.debug("Skipping unreadable video %s: %r", path, error)
             return None
-        pixels = torch.stack(clips) if self.repeat_aug > 1 and self.train else clips[0]
+        several = self.repeat_aug > 1 if self.train else len(clips) > 1
+        pixels = torch.stack(clips) if several else clips[0]
         sample: dict[str, Any] = {"pixels": pixels}
         if label is not None:
             sample["label"] = label
@@ -414,6 +481,13 @@ class VideoFolder(MimDataModule):
         std: Normalization std per channel.
         num_classes: Number of classes; inferred in ``setup`` for labeled sources when ``None``.
         pin_memory: Pin host memory when CUDA is available.
+        test_root: Source of the ``test`` stage (default: ``val_root``).
+        test_clips: Clips per video in the ``test`` stage, spread over the video (VideoMAE:
+            5 for Kinetics, 2 for SSv2).
+        test_crops: Crops per clip in the ``test`` stage, spread along the long side
+            (VideoMAE: 3). With more than one view a test batch's ``"pixels"`` is
+            ``(B, test_clips * test_crops, 3, T, S, S)`` and the evaluation modules average
+            the views' softmax per video.
     """
 
     def __init__(
@@ -436,6 +510,9 @@ class VideoFolder(MimDataModule):
         std: Sequence[float] = IMAGENET_STD,
         num_classes: int | None = None,
         pin_memory: bool = True,
+        test_root: str | Path | None = None,
+        test_clips: int = 1,
+        test_crops: int = 1,
     ) -> None:
         if repeat_aug < 1:
             raise ValueError(f"repeat_aug must be >= 1, got {repeat_aug}")
@@ -460,8 +537,14 @@ class VideoFolder(MimDataModule):
         self.crop_area = crop_area
         self.repeat_aug = repeat_aug
         self.min_frames = min_frames
+        self.test_root = Path(test_root) if test_root is not None else self.val_root
+        self.test_clips = test_clips
+        self.test_crops = test_crops
+        self.test_dataset: VideoClipDataset | None = None
 
-    def _dataset(self, source: Path, train: bool, classes: list[str] | None) -> VideoClipDataset:
+    def _dataset(
+        self, source: Path, train: bool, classes: list[str] | None, test: bool = False
+    ) -> VideoClipDataset:
         samples = scan_videos(source, classes, self.data_prefix)
         labels = [label for _, label in samples if label is not None]
         if labels and self.num_classes is None:
@@ -478,10 +561,13 @@ class VideoFolder(MimDataModule):
             train,
             self.repeat_aug,
             self.min_frames,
+            self.test_clips if test else 1,
+            self.test_crops if test else 1,
         )
 
     def setup(self, stage: str | None = None) -> None:
-        """Scan the sources: the training one for ``fit`` (or no stage), the validation one always."""
+        """Scan the sources: the training one for ``fit`` (or no stage), the validation one
+        always, the multi-view test one for ``test``."""
         classes = None
         if self.root.is_dir():
             classes = (
@@ -494,6 +580,19 @@ class VideoFolder(MimDataModule):
             self.train_dataset = self._dataset(self.root, True, classes)
         if self.val_root is not None and self.val_dataset is None:
             self.val_dataset = self._dataset(self.val_root, False, classes)
+        if stage == "test" and self.test_root is not None and self.test_dataset is None:
+            self.test_dataset = self._dataset(self.test_root, False, classes, test=True)
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Multi-view batches of the test source (``(B, V, 3, T, S, S)`` when ``V > 1``)."""
+        if self.test_dataset is None:
+            return self.val_dataloader()
+        loader = super()._loader(self.test_dataset, train=False)
+        if self.test_clips * self.test_crops > 1:
+            loader.collate_fn = collate_skipping  # keep the views of each video together
+        else:
+            loader.collate_fn = collate_repeated
+        return loader
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         """The base loader, collating repeated clips into one ``(B * repeat_aug, ...)`` batch."""

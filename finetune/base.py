@@ -13,13 +13,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from mimkit.pretrain import PretrainModule, ViTEncoder
 
 from .checkpoint import LoadResult, build_encoder, load_encoder_state, read_checkpoint
-from .features import Pool, check_pixels, pool_tokens
+from .features import ConfigError, Pool, check_pixels, pool_tokens
 
 __all__ = ["ClassifierModule", "ConfigError"]
-
-
-class ConfigError(ValueError):
-    """An evaluation setting contradicts the data or the checkpoint; the message says how."""
 
 
 class ClassifierModule(PretrainModule):
@@ -39,6 +35,12 @@ class ClassifierModule(PretrainModule):
         num_classes: classes of the head; ``None`` takes the data module's ``num_classes``.
         img_size: input resolution (linked from the data by the CLI); when rebuilding from
             a checkpoint the position embedding is resampled to it.
+        num_frames: frames per clip of a rebuilt video encoder: another frame count than
+            the checkpoint's resamples its position table, and an image checkpoint becomes
+            a video encoder (tubelet kernel inflated over time). ``None`` keeps the
+            checkpoint's (image, or its frame count).
+        tubelet_size: frames per tubelet of a rebuilt video encoder (``None``: the
+            checkpoint's, or 2 for an inflated image encoder).
         pool: ``cls`` (class token) or ``avg`` (mean of patch tokens).
         drop_path_rate: stochastic depth of a rebuilt encoder.
         attn_backend: attention backend of a rebuilt encoder.
@@ -52,6 +54,8 @@ class ClassifierModule(PretrainModule):
         encoder: ViTEncoder | None = None,
         num_classes: int | None = None,
         img_size: int | None = None,
+        num_frames: int | None = None,
+        tubelet_size: int | None = None,
         pool: Pool = "cls",
         drop_path_rate: float | None = None,
         attn_backend: str | None = None,
@@ -76,16 +80,19 @@ class ClassifierModule(PretrainModule):
                 raw.meta,
                 raw.path,
                 img_size=img_size,
+                num_frames=num_frames,
+                tubelet_size=tubelet_size,
                 drop_path_rate=drop_path_rate,
                 attn_backend=attn_backend,
                 init="timm",
             )
             self.load_report = load_encoder_state(encoder, raw, strict=strict_load)
         else:
-            if drop_path_rate is not None or attn_backend is not None:
+            if any(v is not None for v in (drop_path_rate, attn_backend, num_frames, tubelet_size)):
                 raise ConfigError(
-                    "drop_path_rate / attn_backend apply to an encoder rebuilt from init_from; "
-                    "with an explicit model.encoder set them in its init_args"
+                    "drop_path_rate / attn_backend / num_frames / tubelet_size apply to an "
+                    "encoder rebuilt from init_from; with an explicit model.encoder set them "
+                    "in its init_args"
                 )
             size = encoder.patch_embed.img_size
             if img_size is not None and tuple(size) != (img_size, img_size):
@@ -103,7 +110,7 @@ class ClassifierModule(PretrainModule):
             rank_zero_info(
                 f"loaded encoder from {init_from} ({report.format}): missing {report.missing}, "
                 f"unexpected {report.unexpected}, ignored {len(report.ignored)} decoder/head "
-                f"keys, resampled {report.resampled}"
+                f"keys, resampled {report.resampled}, kept the encoder's fixed {report.fixed}"
             )
         self.encoder = encoder
         self._checked: set[str] = set()
@@ -123,6 +130,26 @@ class ClassifierModule(PretrainModule):
     def loss(self, logits: Tensor, batch: dict[str, Any]) -> Tensor:
         """Training loss (cross-entropy by default)."""
         return F.cross_entropy(logits.float(), batch["label"])
+
+    def predict(self, pixels: Tensor, logits_fn: Any = None) -> Tensor:
+        """Logits of a batch, or of a multi-view batch averaged per sample.
+
+        Args:
+            pixels: ``(B, C, H, W)`` images / ``(B, C, T, H, W)`` clips, or ``(B, V, ...)``
+                with ``V`` views of each (multi-clip, multi-crop video testing).
+            logits_fn: maps single-view pixels to logits (default: ``self``).
+
+        Returns:
+            ``(B, num_classes)``: the logits, or for ``V`` views the log of the mean of
+            their softmax (so cross-entropy and top-k read it as logits).
+        """
+        logits_fn = logits_fn or self
+        single_ndim = 5 if self.encoder.is_video else 4
+        if pixels.ndim != single_ndim + 1:
+            return logits_fn(pixels)
+        batch, views = pixels.shape[:2]
+        logits = logits_fn(pixels.flatten(0, 1)).float().view(batch, views, -1)
+        return logits.softmax(dim=-1).mean(dim=1).log()
 
     def features(self, pixels: Tensor) -> Tensor:
         """Pooled encoder features ``(B, D)``."""
@@ -159,6 +186,18 @@ class ClassifierModule(PretrainModule):
                 f"model.num_classes={self.num_classes} but the data has {data_classes} classes; "
                 f"set model.num_classes: {data_classes} or leave it out to take the data's"
             )
+        data_frames = getattr(datamodule, "num_frames", None)
+        if data_frames != self.encoder.num_frames:
+            have = f"{data_frames}-frame clips" if data_frames else "images"
+            want = f"{self.encoder.num_frames}-frame clips" if self.encoder.is_video else "images"
+            raise ConfigError(
+                f"the data gives {have} but the encoder expects {want}; set model.num_frames: "
+                f"{data_frames} (a checkpoint's frame count, or an image checkpoint, is "
+                "adapted when loading)"
+                if data_frames
+                else f"the data gives {have} but the encoder expects {want}; evaluate a video "
+                "encoder on video data"
+            )
         data_size = getattr(datamodule, "img_size", None)
         size = tuple(self.encoder.patch_embed.img_size)
         if data_size is not None and (data_size, data_size) != size:
@@ -172,7 +211,10 @@ class ClassifierModule(PretrainModule):
         """One clear error (first batch of each stage) for images or labels that do not fit."""
         if stage in self._checked:
             return
-        check_pixels(batch["pixels"], self.encoder)
+        pixels = batch["pixels"]
+        if stage != "train" and pixels.ndim == (6 if self.encoder.is_video else 5):
+            pixels = pixels[:, 0]  # multi-view evaluation
+        check_pixels(pixels, self.encoder)
         labels = batch.get("label")
         if labels is None:
             raise ConfigError("the data has no labels ('label' key); evaluation needs labels")
@@ -193,7 +235,7 @@ class ClassifierModule(PretrainModule):
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         self.check_batch(batch, stage)
-        logits = self(batch["pixels"])
+        logits = self.predict(batch["pixels"])
         labels = batch["label"]
         batch_size = labels.shape[0]
         loss = F.cross_entropy(logits.float(), labels)

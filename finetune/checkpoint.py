@@ -17,6 +17,7 @@ Nothing is ever unpickled beyond tensors and plain containers:
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
 from mimkit.pretrain import ViTEncoder
+from mimkit.pretrain.video_weights import adapt_state_dict
 
 __all__ = [
     "CheckpointError",
@@ -55,6 +57,7 @@ IGNORED_PATTERNS: tuple[str, ...] = (
 )
 #: Wrapper keys tried, in order, around a state dict.
 WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model", "module", "model_state", "encoder")
+PATCH_KEY = "patch_embed.proj.weight"
 #: Prefixes stripped from every key (DDP, torch.compile, wrappers).
 STRIP_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.", "model.", "backbone.")
 
@@ -94,8 +97,11 @@ class LoadResult:
         missing: encoder keys the checkpoint did not provide.
         unexpected: checkpoint keys the encoder has no place for.
         ignored: decoder/head keys dropped on purpose.
-        resampled: keys resampled to the encoder's grid (``pos_embed``).
+        resampled: keys resampled to the encoder's grid (``pos_embed``), or inflated /
+            resampled to its tubelet (``patch_embed.proj.weight``).
         format: the checkpoint layout that was recognized.
+        fixed: keys the encoder keeps as its own because they are fixed, not learned
+            (a sin-cos ``pos_embed`` the checkpoint lacks or has for another grid).
     """
 
     missing: list[str]
@@ -103,6 +109,7 @@ class LoadResult:
     ignored: list[str]
     resampled: list[str]
     format: str
+    fixed: list[str] = field(default_factory=list)
 
 
 def _is_tensor_dict(value: Any) -> bool:
@@ -269,13 +276,87 @@ def _resample_pos_embed(value: Tensor, encoder: ViTEncoder) -> Tensor:
     ).to(value.dtype)
 
 
+def _source_grid(raw: RawCheckpoint, encoder: ViTEncoder) -> tuple[int, ...] | None:
+    """The token grid ``(H, W)`` or ``(T, H, W)`` of the checkpoint's ``pos_embed``.
+
+    Read from the checkpoint's metadata when it has some, else inferred from the table's
+    length: a square is an image grid; otherwise the encoder's spatial grid, or its frame
+    count, is assumed.
+    """
+    pos = raw.state.get("pos_embed")
+    if pos is None:
+        return None
+    prefix = 0 if encoder.no_embed_class else encoder.num_prefix_tokens
+    tokens = pos.shape[1] - prefix
+    config = raw.meta.get("encoder")
+    if isinstance(config, Mapping) and config.get("img_size"):
+        patch = raw.state[PATCH_KEY].shape[-1] if PATCH_KEY in raw.state else encoder.patch_size
+        side = int(config["img_size"]) // patch
+        frames = config.get("num_frames")
+        grid = (side, side) if not frames else (frames // config.get("tubelet_size", 2), side, side)
+        if math.prod(grid) == tokens:
+            return grid
+    side = math.isqrt(tokens)
+    if raw.state.get(PATCH_KEY, torch.empty(0)).ndim != 5 and side * side == tokens:
+        return (side, side)
+    height, width = encoder.grid_size[-2:]
+    if tokens % (height * width) == 0:
+        return (tokens // (height * width), height, width)
+    time = encoder.grid_size[0]
+    side = math.isqrt(tokens // time)
+    if tokens % time == 0 and side * side * time == tokens:
+        return (time, side, side)
+    raise CheckpointError(
+        f"cannot tell the token grid of {raw.path}'s pos_embed ({tokens} positions) to resample "
+        f"it to the encoder's {tuple(encoder.grid_size)}"
+    )
+
+
+def _to_video(
+    raw: RawCheckpoint, encoder: ViTEncoder
+) -> tuple[dict[str, Tensor], list[str], list[str]]:
+    """Image or video weights for a video encoder: the tubelet and the position table adapted.
+
+    Returns:
+        The state, the keys inflated or resampled, and the keys replaced by the encoder's
+        own fixed table (a sin-cos ``pos_embed`` whose source grid cannot be told).
+    """
+    state = dict(raw.state)
+    weight = state.get(PATCH_KEY)
+    target_weight = encoder.patch_embed.proj.weight
+    if weight is not None and (
+        weight.ndim not in (4, 5) or weight.shape[:2] != target_weight.shape[:2]
+    ):
+        return state, [], []  # another width or channel count: reported as a mismatch
+    pos = state.pop("pos_embed", None)
+    same = pos is not None and pos.shape == encoder.pos_embed.shape
+    grid = None
+    if pos is not None and not same:
+        fixed_table = not encoder.pos_embed.requires_grad
+        try:
+            grid = _source_grid(raw, encoder)
+        except CheckpointError:
+            if not fixed_table:
+                raise
+        state["pos_embed"] = pos
+    adapted = adapt_state_dict(state, encoder, grid)
+    changed = [PATCH_KEY] if weight is not None and adapted[PATCH_KEY].shape != weight.shape else []
+    fixed: list[str] = []
+    if same:
+        adapted["pos_embed"] = pos
+    elif pos is not None:
+        (changed if grid is not None else fixed).append("pos_embed")
+    return adapted, changed, fixed
+
+
 def encoder_state_dict(
     raw: RawCheckpoint, encoder: ViTEncoder
-) -> tuple[dict[str, Tensor], list[str]]:
+) -> tuple[dict[str, Tensor], list[str], list[str]]:
     """Matches a checkpoint's tensors to ``encoder``: resamples ``pos_embed``, checks shapes.
 
     Returns:
-        The state to load and the keys that were resampled.
+        The state to load, the keys that were resampled, and the keys taken from the
+        encoder's own fixed tables.
 
     Raises:
         CheckpointError: a tensor's shape differs for a reason other than the image size,
@@ -284,6 +365,19 @@ def encoder_state_dict(
     target = encoder.state_dict()
     state = dict(raw.state)
     resampled: list[str] = []
+    fixed: list[str] = []
+    weight = state.get(PATCH_KEY)
+    if not encoder.is_video and weight is not None and weight.ndim == 5:
+        raise CheckpointError(
+            f"checkpoint {raw.path} holds a video encoder (tubelet kernel "
+            f"{tuple(weight.shape[2:])}) but the encoder is an image one; build a video "
+            f"encoder (model.num_frames, or num_frames in the encoder's init_args)"
+        )
+    if encoder.is_video:
+        state, resampled, fixed = _to_video(raw, encoder)
+    if "pos_embed" in target and "pos_embed" not in state and not encoder.pos_embed.requires_grad:
+        state["pos_embed"] = target["pos_embed"]  # a fixed table is not always saved (VideoMAE)
+        fixed.append("pos_embed")
     pos = state.get("pos_embed")
     if pos is not None and "pos_embed" in target and pos.shape != target["pos_embed"].shape:
         if pos.shape[-1] == target["pos_embed"].shape[-1]:
@@ -300,7 +394,7 @@ def encoder_state_dict(
             f"{encoder.timm_name!r}: checkpoint has {_describe(raw.state)}; encoder has "
             f"{_describe(target)}. {len(mismatched)} tensors differ, first: {mismatched[0]}"
         )
-    return state, resampled
+    return state, resampled, fixed
 
 
 def load_encoder_state(
@@ -321,7 +415,7 @@ def load_encoder_state(
         CheckpointError: unreadable file, different architecture, or missing keys.
     """
     raw = source if isinstance(source, RawCheckpoint) else read_checkpoint(source)
-    state, resampled = encoder_state_dict(raw, encoder)
+    state, resampled, fixed = encoder_state_dict(raw, encoder)
     target = encoder.state_dict()
     missing = sorted(k for k in target if k not in state)
     unexpected = sorted(k for k in state if k not in target)
@@ -343,6 +437,7 @@ def load_encoder_state(
         ignored=list(raw.ignored),
         resampled=resampled,
         format=raw.format,
+        fixed=fixed,
     )
 
 

@@ -89,6 +89,8 @@ def _eval_view(train: Dataset, val: Dataset | None) -> Dataset:
     if val is not None and hasattr(train, "transform") and hasattr(val, "transform"):
         view = copy.copy(train)
         view.transform = val.transform
+        if hasattr(view, "train"):  # video: centered clips, one per video
+            view.train = False
         return view
     return train
 

@@ -10,9 +10,13 @@ from torch import Tensor
 
 from mimkit.pretrain import ViTEncoder
 
-__all__ = ["Pool", "check_pixels", "extract_features", "pool_tokens"]
+__all__ = ["ConfigError", "Pool", "check_pixels", "extract_features", "pool_tokens"]
 
 Pool = Literal["cls", "avg"]
+
+
+class ConfigError(ValueError):
+    """An evaluation setting contradicts the data or the checkpoint; the message says how."""
 
 
 def pool_tokens(tokens: Tensor, pool: Pool, num_prefix_tokens: int) -> Tensor:
@@ -25,24 +29,38 @@ def pool_tokens(tokens: Tensor, pool: Pool, num_prefix_tokens: int) -> Tensor:
     """
     if pool == "cls":
         if num_prefix_tokens == 0:
-            raise ValueError("pool='cls' needs an encoder with a class token; use pool='avg'")
+            raise ConfigError("pool='cls' needs an encoder with a class token; use pool='avg'")
         return tokens[:, 0]
     if pool == "avg":
         return tokens[:, num_prefix_tokens:].mean(dim=1)
-    raise ValueError(f"pool must be 'cls' or 'avg', got {pool!r}")
+    raise ConfigError(f"pool must be 'cls' or 'avg', got {pool!r}")
 
 
 def check_pixels(pixels: Tensor, encoder: ViTEncoder) -> None:
-    """Raises one clear error when images do not fit the encoder (size or channels)."""
-    expected = encoder.patch_embed.img_size
-    if pixels.ndim != 4:
-        raise ValueError(f"expected image batches (B, C, H, W), got shape {tuple(pixels.shape)}")
-    if tuple(pixels.shape[-2:]) != tuple(expected) or pixels.shape[1] != encoder.in_chans:
-        raise ValueError(
-            f"the data gives {pixels.shape[1]}x{pixels.shape[2]}x{pixels.shape[3]} images but the "
-            f"encoder expects {encoder.in_chans}x{expected[0]}x{expected[1]}; set the data's "
-            "img_size to the encoder's, or the encoder's img_size to the data's (the position "
-            "embedding is resampled when loading)"
+    """Raises one clear :class:`ConfigError` when images or clips do not fit the encoder.
+
+    Args:
+        pixels: ``(B, C, H, W)`` for an image encoder, ``(B, C, T, H, W)`` for a video one.
+        encoder: the encoder they are for.
+    """
+    height, width = encoder.patch_embed.img_size
+    if encoder.is_video:
+        expected = (encoder.in_chans, encoder.num_frames, height, width)
+        what, fix = "clips", "num_frames and img_size"
+    else:
+        expected = (encoder.in_chans, height, width)
+        what, fix = "images", "img_size"
+    if pixels.ndim != len(expected) + 1:
+        layout = "(B, C, T, H, W) clips" if encoder.is_video else "(B, C, H, W) images"
+        raise ConfigError(
+            f"the encoder expects batches of {layout}, got shape {tuple(pixels.shape)}"
+        )
+    if tuple(pixels.shape[1:]) != expected:
+        got = "x".join(map(str, pixels.shape[1:]))
+        raise ConfigError(
+            f"the data gives {got} {what} but the encoder expects "
+            f"{'x'.join(map(str, expected))}; set the data's {fix} to the encoder's, or the "
+            f"encoder's to the data's (position embeddings are resampled when loading)"
         )
 
 
@@ -58,7 +76,7 @@ def extract_features(
 
     Args:
         encoder: the encoder; put in eval mode and restored afterwards.
-        batches: dict batches with ``pixels`` and ``label``.
+        batches: dict batches with ``pixels`` (images or clips) and ``label``.
         pool: ``cls`` or ``avg``.
         device: where to run; the encoder's device by default.
         dtype: dtype of the returned features (``float16`` halves host memory).

@@ -169,7 +169,12 @@ class FineTune(ClassifierModule):
         if self.mixup is not None:
             if pixels.shape[0] % 2:
                 raise ValueError("mixup/cutmix needs an even batch size")
-            pixels, targets = self.mixup(pixels, labels)
+            if pixels.ndim == 5:  # clips: one mixup / cutmix box for all frames
+                batch_size, chans, frames, height, width = pixels.shape
+                mixed, targets = self.mixup(pixels.reshape(batch_size, -1, height, width), labels)
+                pixels = mixed.view(batch_size, chans, frames, height, width)
+            else:
+                pixels, targets = self.mixup(pixels, labels)
             loss = SoftTargetCrossEntropy()(self(pixels).float(), targets)
         else:
             loss = F.cross_entropy(
@@ -187,7 +192,7 @@ class FineTune(ClassifierModule):
         super().validation_step(batch, batch_idx)
         ema = getattr(self, "ema", None)
         if ema is not None:
-            logits = self.logits(batch["pixels"], ema.module)
+            logits = self.predict(batch["pixels"], lambda x: self.logits(x, ema.module))
             for name in ("acc1", "acc5"):
                 metric = self.metrics[f"val_ema_{name}"]
                 metric(logits, batch["label"])

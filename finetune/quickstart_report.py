@@ -6,6 +6,12 @@ cached-feature linear probe (LARS, MAE's probe recipe scaled down to 1437 images
 because LARS's 0.001 trust ratio needs a larger lr over ~300 steps than over ImageNet's ~7000) and k-NN (k=20,
 T=0.07) accuracies, for the pretrained encoder and for the same architecture randomly
 initialized (same seed, same init as pretraining starts from).
+
+A video checkpoint (``runs/quickstart/videomae_moving_digits/...``) is evaluated the same way
+on moving digits (:class:`~mimkit.data.moving_digits.MovingDigits`, one clip per index,
+held-out digit images in the validation clips), labeled by digit (10 classes) or, with
+``--label direction``, by motion direction (8 classes); encoders without a class token
+are reported on mean-pooled patch tokens only.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from mimkit.data import Digits
+from mimkit.data.moving_digits import MovingDigits
 
 from .checkpoint import CheckpointError, build_encoder, load_encoder_state, read_checkpoint
 from .evaluate import cached_probe, compute_features, knn_evaluate
@@ -34,15 +41,31 @@ def report(
     k: int = 20,
     temperature: float = 0.07,
     seed: int = 0,
+    label: str = "digit",
+    video_clips: int = 2048,
 ) -> list[dict[str, object]]:
-    """Rows of ``{"encoder", "pool", "probe_top1", "knn_top1", ...}`` for the digits split."""
+    """Rows of ``{"encoder", "pool", "probe_top1", "knn_top1", ...}`` for the digits split
+    (moving digits with ``video_clips`` training clips for a video checkpoint)."""
     raw = read_checkpoint(ckpt)
     torch.manual_seed(seed)
     random_encoder = build_encoder(raw.meta, raw.path)
     pretrained = build_encoder(raw.meta, raw.path)
     load_encoder_state(pretrained, raw)
     img_size = pretrained.patch_embed.img_size[0]
-    datamodule = Digits(img_size=img_size, batch_size=256)
+    if pretrained.is_video:
+        datamodule = MovingDigits(
+            img_size=img_size,
+            num_frames=pretrained.num_frames,
+            num_samples=video_clips,
+            num_val_samples=512,
+            label=label,  # type: ignore[arg-type]
+            batch_size=128,
+        )
+    else:
+        datamodule = Digits(img_size=img_size, batch_size=256)
+    num_classes = int(datamodule.num_classes or 10)
+    if pretrained.num_prefix_tokens == 0:
+        pools = [pool for pool in pools if pool != "cls"] or ["avg"]
     rows: list[dict[str, object]] = []
     method = str(raw.meta.get("method", "checkpoint"))
     for name, encoder in ((f"{method} pretrained", pretrained), ("random init", random_encoder)):
@@ -50,10 +73,11 @@ def report(
             feats = compute_features(encoder, datamodule, pool=pool)  # type: ignore[arg-type]
             start = time.perf_counter()
             probe = cached_probe(
-                feats, 10, epochs=probe_epochs, base_lr=probe_lr, warmup_epochs=5, seed=seed
-            )
+                feats, num_classes, epochs=probe_epochs, base_lr=probe_lr, warmup_epochs=5,
+                seed=seed,
+            )  # fmt: skip
             probe_s = time.perf_counter() - start
-            knn = knn_evaluate(feats, 10, k=k, temperature=temperature)
+            knn = knn_evaluate(feats, num_classes, k=k, temperature=temperature)
             rows.append(
                 {
                     "encoder": name,
@@ -65,6 +89,8 @@ def report(
                     "extract_s": feats.seconds,
                     "probe_s": probe_s,
                     "val": len(feats.val),
+                    "classes": num_classes,
+                    "data": "moving digits" if encoder.is_video else "digits",
                 }
             )
     return rows
@@ -86,16 +112,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ckpt", default="runs/quickstart/mae_digits/checkpoints/last.ckpt")
     parser.add_argument("--pools", nargs="+", default=["cls", "avg"], choices=["cls", "avg"])
     parser.add_argument("--probe_epochs", type=int, default=50)
+    parser.add_argument(
+        "--label", default="digit", choices=["digit", "direction"], help="video checkpoints"
+    )
     parser.add_argument("--json", default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        rows = report(args.ckpt, args.pools, args.probe_epochs)
+        rows = report(args.ckpt, args.pools, args.probe_epochs, label=args.label)
     except CheckpointError as err:
         print(f"quickstart report: error: {err}", file=sys.stderr)
         return 2
-    val = rows[0]["val"]
-    print(f"\nHeld-out digits ({val} images, 10 classes, chance 10%): frozen encoder features")
+    first = rows[0]
+    val, classes = first["val"], int(first["classes"])  # type: ignore[call-overload]
+    what = "clips" if first["data"] == "moving digits" else "images"
+    print(
+        f"\nHeld-out {first['data']} ({val} {what}, {classes} classes, chance "
+        f"{100 / classes:.1f}%): frozen encoder features"
+    )
     print(format_table(rows))
     print(f"(evaluated in {time.perf_counter() - start:.0f} s)")
     if args.json:

@@ -139,8 +139,12 @@ def run_knn(args: Sequence[str]) -> int:
     def run() -> int:
         init = parser.instantiate_classes(cfg)
         datamodule = init.data
-        img_size = getattr(datamodule, "img_size", None)
-        overrides = {"img_size": img_size} if init.encoder is None else {}
+        overrides = {}
+        if init.encoder is None:  # rebuilt for the data's image size (and frame count)
+            overrides = {
+                "img_size": getattr(datamodule, "img_size", None),
+                "num_frames": getattr(datamodule, "num_frames", None),
+            }
         encoder, report = load_encoder(cfg.init_from, init.encoder, **overrides)
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if cfg.half else torch.float32
@@ -160,7 +164,7 @@ def run_knn(args: Sequence[str]) -> int:
             checkpoint=cfg.init_from,
         )
         print(
-            f"k-NN (k={cfg.k}, T={cfg.temperature}, {cfg.pool}) on {len(feats.val)} images: "
+            f"k-NN (k={cfg.k}, T={cfg.temperature}, {cfg.pool}) on {len(feats.val)} samples: "
             f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%"
         )
         if cfg.output:

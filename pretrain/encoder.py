@@ -51,7 +51,9 @@ class ViTEncoder(nn.Module):
         drop_path_rate: stochastic depth rate (0 for MAE pretraining).
         sincos_pos_embed: replace the learned position embedding by a fixed 2D sin-cos one.
         init: ``mae`` (xavier-uniform linears, as in the MAE reference) or ``timm``.
-        model_kwargs: further keyword arguments for ``timm.create_model``.
+        model_kwargs: further keyword arguments for ``timm.create_model``. A pooling
+            ``global_pool`` (``avg``, needed without a class token) implies
+            ``fc_norm: false`` unless given, so the final LayerNorm acts on the tokens.
         num_frames: frames ``T`` of a video clip; ``None`` builds an image encoder.
         tubelet_size: frames ``t`` per tubelet (video only); tokens form a
             ``(T / t, H / p, W / p)`` grid, numbered time-major.
@@ -82,6 +84,10 @@ class ViTEncoder(nn.Module):
         if patch_size is not None:
             timm_kwargs["patch_size"] = patch_size
         timm_kwargs.update(model_kwargs or {})
+        if timm_kwargs.get("global_pool") not in (None, "token", "map"):
+            # timm would move the final LayerNorm after pooling (``fc_norm``); this encoder
+            # returns tokens, so the norm stays on them (VideoMAE's encoder ``norm``)
+            timm_kwargs.setdefault("fc_norm", False)
         if not timm.is_model(name):
             raise ValueError(f"unknown timm model {name!r}; see timm.list_models('vit_*')")
         try:

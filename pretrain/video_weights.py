@@ -149,14 +149,14 @@ def adapt_state_dict(
     """Makes an image or video state dict (timm keys) fit a video ``encoder``.
 
     The patch projection is inflated (2D source) or resampled (other tubelet or patch
-    size); a learned ``pos_embed`` is repeated over time (image source) or resampled to the
-    encoder's grid; when the encoder uses fixed sin-cos positions its own table is kept.
+    size); a ``pos_embed`` is repeated over time (image source) and resampled to the
+    encoder's grid; without ``source_grid`` the encoder's own table is kept.
 
     Args:
         state_dict: timm-keyed weights (see :func:`from_official_videomae`).
         encoder: the video encoder to load into.
-        source_grid: the source's token grid, ``(H, W)`` or ``(T, H, W)``; needed only to
-            resample a learned ``pos_embed``.
+        source_grid: the source's token grid, ``(H, W)`` or ``(T, H, W)``, to resample its
+            ``pos_embed``; ``None`` keeps the encoder's (e.g. a fixed sin-cos table).
         inflate: how a 2D patch projection is spread over time.
 
     Returns:
@@ -173,8 +173,8 @@ def adapt_state_dict(
         out[PATCH_KEY] = resample_tubelet(weight, encoder.tubelet_size, encoder.patch_size)
     pos = out.get("pos_embed")
     prefix = 0 if encoder.no_embed_class else encoder.num_prefix_tokens
-    if pos is not None and (not encoder.pos_embed.requires_grad or source_grid is None):
-        out["pos_embed"] = encoder.pos_embed.detach().clone()  # fixed sin-cos, or unknown grid
+    if pos is not None and source_grid is None:
+        out["pos_embed"] = encoder.pos_embed.detach().clone()  # unknown grid: the encoder's own
     elif pos is not None:
         assert source_grid is not None
         if len(source_grid) == 2:

@@ -61,9 +61,11 @@ def test_tubelet_embedding_is_a_linear_map_of_each_tube():
 
 def test_video_blocks_keep_timm_names():
     encoder = video_encoder(model_kwargs={"depth": 1, "class_token": False, "global_pool": "avg"})
+    # without a class token the final norm stays on the tokens (timm's fc_norm off)
+    assert encoder.timm_kwargs["fc_norm"] is False and isinstance(encoder.norm, torch.nn.LayerNorm)
     vit = timm.create_model(
         "vit_tiny_patch16_224", num_classes=0, img_size=S, patch_size=P, depth=1,
-        class_token=False, global_pool="avg",
+        class_token=False, global_pool="avg", fc_norm=False,
     )  # fmt: skip
     video_only = {"patch_embed.proj.weight", "pos_embed"}
     assert set(encoder.state_dict()) == set(vit.state_dict())

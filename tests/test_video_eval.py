@@ -1,0 +1,268 @@
+"""Video evaluation: loading video / image / official checkpoints into video encoders,
+multi-clip x multi-crop testing, and fine-tune, probe and k-NN on a VideoMAE checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_video_data import frame_index, write_video
+from tiny import CPU_TRAINER
+from torchvision.transforms.v2 import functional as TF
+
+from mimkit.cli import main
+from mimkit.data.video import VideoClipTransform, VideoFolder, clip_indices, eval_clip_positions
+from mimkit.finetune import CheckpointError, FineTune, load_encoder
+from mimkit.pretrain import ViTEncoder
+from mimkit.pretrain.video_weights import resample_tubelet, resample_video_pos_embed
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+TINY = dict(img_size=32, patch_size=8, attn_backend="math", model_kwargs={"depth": 1})
+FAST = [
+    *CPU_TRAINER,
+    "--trainer.accumulate_grad_batches",
+    "1",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+]
+
+
+def video_encoder(**kwargs) -> ViTEncoder:
+    return ViTEncoder("vit_tiny_patch16_224", **{**TINY, **kwargs}).eval()
+
+
+# ----- loading --------------------------------------------------------------------------
+
+
+def test_another_frame_count_and_tubelet_are_resampled(tmp_path):
+    source = video_encoder(num_frames=4, tubelet_size=2, sincos_pos_embed=False)
+    path = tmp_path / "video.pth"
+    torch.save(source.state_dict(), path)  # a plain timm-keyed state dict: no metadata
+
+    longer = video_encoder(num_frames=8, tubelet_size=2, sincos_pos_embed=False)
+    _, report = load_encoder(path, longer)
+    assert report.resampled == ["pos_embed"] and report.missing == report.unexpected == []
+    expected = resample_video_pos_embed(source.pos_embed.detach(), (2, 4, 4), (4, 4, 4), 1)
+    torch.testing.assert_close(longer.pos_embed.detach(), expected)
+    torch.testing.assert_close(longer.blocks[0].mlp.fc1.weight, source.blocks[0].mlp.fc1.weight)
+
+    thinner = video_encoder(num_frames=4, tubelet_size=1, sincos_pos_embed=False)
+    _, report = load_encoder(path, thinner)
+    assert sorted(report.resampled) == ["patch_embed.proj.weight", "pos_embed"]
+    weight = resample_tubelet(source.patch_embed.proj.weight.detach(), 1, 8)
+    torch.testing.assert_close(thinner.patch_embed.proj.weight.detach(), weight)
+
+
+def test_official_videomae_layout_without_pos_embed_gives_the_same_features(tmp_path):
+    kwargs = dict(TINY, model_kwargs={"depth": 2, "class_token": False, "global_pool": "avg"})
+    ours = ViTEncoder("vit_tiny_patch16_224", num_frames=4, video_pos_embed="videomae", **kwargs)
+    ours.eval()
+    with torch.no_grad():
+        for block in ours.blocks:  # VideoMAE has no key bias
+            block.attn.qkv.bias[192:384] = 0
+    official = {}
+    for key, value in ours.state_dict().items():
+        if key.endswith("attn.qkv.bias"):
+            stem = key[: -len("qkv.bias")]
+            official[f"encoder.{stem}q_bias"] = value[:192]
+            official[f"encoder.{stem}v_bias"] = value[384:]
+        elif key != "pos_embed":  # VideoMAE's sinusoid table is not in its state dict
+            official[f"encoder.{key}"] = value
+    official["decoder.head.weight"] = torch.zeros(3, 3)
+    official["encoder_to_decoder.weight"] = torch.zeros(3, 192)
+    path = tmp_path / "checkpoint-1599.pth"
+    torch.save({"model": official, "epoch": 1599}, path)
+
+    fresh = ViTEncoder(
+        "vit_tiny_patch16_224", num_frames=4, video_pos_embed="videomae", init="timm", **kwargs
+    ).eval()
+    _, report = load_encoder(path, fresh)
+    assert report.fixed == ["pos_embed"] and report.missing == report.unexpected == []
+    clip = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(clip), ours(clip))
+
+
+def test_image_checkpoint_inflates_into_a_video_encoder(tmp_path):
+    image = ViTEncoder("vit_tiny_patch16_224", **TINY).eval()
+    path = tmp_path / "image.pth"
+    torch.save(image.state_dict(), path)
+    video = video_encoder(num_frames=4, tubelet_size=2)
+    _, report = load_encoder(path, video)
+    assert "patch_embed.proj.weight" in report.resampled
+    frame = torch.randn(2, 3, 32, 32)
+    clip = frame.unsqueeze(2).expand(-1, -1, 4, -1, -1)
+    with torch.no_grad():
+        tokens = video.embed_tubelets(clip).view(2, 2, 16, -1)
+        expected = image.patch_embed(frame)
+    torch.testing.assert_close(tokens[:, 1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_video_checkpoint_for_an_image_encoder_is_one_clear_error(tmp_path):
+    path = tmp_path / "video.pth"
+    torch.save(video_encoder(num_frames=4).state_dict(), path)
+    with pytest.raises(CheckpointError, match="holds a video encoder"):
+        load_encoder(path, ViTEncoder("vit_tiny_patch16_224", **TINY))
+
+
+# ----- multi-view testing ---------------------------------------------------------------
+
+
+def test_multi_view_logits_are_the_mean_softmax_of_the_views():
+    model = FineTune(encoder=video_encoder(num_frames=4), num_classes=5, pool="avg").eval()
+    views = torch.randn(3, 6, 3, 4, 32, 32)  # 3 videos x 6 views
+    with torch.no_grad():
+        merged = model.predict(views)
+        per_view = torch.stack([model(views[:, v]) for v in range(6)], dim=1)
+    expected = per_view.softmax(-1).mean(1)
+    torch.testing.assert_close(merged.exp(), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(merged.exp().sum(-1), torch.ones(3))
+
+
+def test_eval_crops_span_the_long_side():
+    frames = torch.arange(4 * 48 * 64 * 3).remainder(251).to(torch.uint8).view(4, 48, 64, 3)
+    transform = VideoClipTransform(32, train=False, mean=(0.0,) * 3, std=(1.0,) * 3)
+    left, center, right = transform.eval_crops(frames, 3)
+    resized = TF.resize(frames.permute(0, 3, 1, 2).float() / 255, 32, antialias=True)
+    room = resized.shape[-1] - 32
+    assert resized.shape[-2] == 32 and room > 8
+    for view, start in ((left, 0), (center, round(room / 2)), (right, room)):
+        expected = resized[..., start : start + 32].permute(1, 0, 2, 3)
+        torch.testing.assert_close(view, expected)
+    torch.testing.assert_close(transform(frames), center)  # one view: the center crop
+
+
+def test_video_folder_test_split_returns_clips_spread_over_the_video(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        write_video(tmp_path / name / "0.mp4", num_frames=20)
+    data = VideoFolder(
+        tmp_path, val_root=tmp_path, img_size=32, num_frames=4, sampling_rate=2,
+        mean=(0.0,) * 3, std=(1.0,) * 3, test_clips=3, test_crops=2, batch_size=2, num_workers=0,
+    )  # fmt: skip
+    data.setup("test")
+    batch = next(iter(data.test_dataloader()))
+    assert batch["pixels"].shape == (2, 6, 3, 4, 32, 32) and batch["label"].tolist() == [0, 1]
+    clips = (batch["pixels"][0, ::2].permute(0, 2, 3, 4, 1) * 255).round().to(torch.uint8)
+    starts = [frame_index(clip)[0] for clip in clips]
+    expected = [clip_indices(20, 4, 2, "random", False, position=p)[0] for p in (0, 0.5, 1)]
+    assert starts == expected == [0, 6, 13]
+    assert eval_clip_positions(2, "uniform") == [0.25, 0.75]
+    val = next(iter(data.val_dataloader()))  # validation stays single-view
+    assert val["pixels"].shape == (2, 3, 4, 32, 32)
+
+
+# ----- end to end on a VideoMAE checkpoint ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def videomae_ckpt(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("videomae")
+    args = [
+        "pretrain", "fit", "--config", str(RECIPES / "quickstart/videomae_moving_digits.yaml"),
+        "--model.encoder.init_args.model_kwargs",
+        '{"depth": 2, "class_token": false, "global_pool": "avg"}',
+        "--data.batch_size", "8", "--data.num_samples", "64", "--data.num_val_samples", "64",
+        "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
+        "--preview.every_n_steps", "0",
+    ]  # fmt: skip
+    assert main(args) == 0
+    return root / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    for name in ("a", "b", "c"):
+        (root / name).mkdir()
+        for i in range(2):
+            write_video(root / name / f"{i}.mp4", num_frames=12, height=32, width=40)
+    return root
+
+
+def video_recipe_args(recipe: Path, ckpt: Path, videos: Path, root: Path) -> list[str]:
+    command = "finetune" if recipe.parent.name == "finetune" else "probe"
+    args = [command, "fit", "--config", str(recipe), "--model.init_from", str(ckpt)]
+    if "k400" in recipe.name or "ssv2" in recipe.name:
+        data = {
+            "root": str(videos), "val_root": str(videos), "test_root": str(videos),
+            "num_classes": 3, "img_size": 32, "num_frames": 4, "sampling_rate": 2,
+            "batch_size": 2, "num_workers": 0,
+        }  # fmt: skip
+        args += ["--data.init_args", json.dumps(data)]
+        args += [
+            "--model.encoder.init_args.name", "vit_tiny_patch16_224",
+            "--model.encoder.init_args.img_size", "32",
+            "--model.encoder.init_args.patch_size", "4",
+            "--model.encoder.init_args.num_frames", "4",
+            "--model.encoder.init_args.model_kwargs",
+            '{"depth": 2, "class_token": false, "global_pool": "avg"}',
+        ]  # fmt: skip
+    return [*args, *FAST, "--trainer.default_root_dir", str(root)]
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    sorted(RECIPES.glob("finetune/videomae_*.yaml"))
+    + sorted(RECIPES.glob("probe/*videomae*.yaml")),
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
+def test_video_recipe_runs_two_steps(recipe, videomae_ckpt, videos, tmp_path):
+    assert main(video_recipe_args(recipe, videomae_ckpt, videos, tmp_path)) == 0
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_finetune_from_fewer_frames_then_multi_view_test(videomae_ckpt, videos, tmp_path):
+    """8-frame checkpoint -> 4-frame encoder; repeated clips + mixup; 2 clips x 3 crops test."""
+    recipe = RECIPES / "finetune/videomae_vit_base_k400.yaml"
+    args = video_recipe_args(recipe, videomae_ckpt, videos, tmp_path)
+    args += ["--data.repeat_aug", "2", "--data.test_clips", "2", "--data.test_crops", "3"]
+    args += ["--model.ema_decay", "0.9"]
+    assert main(args) == 0
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    assert state["state_dict"]["encoder.pos_embed"].shape == (1, 2 * 8 * 8, 192)
+    assert state["mimkit"]["encoder"]["num_frames"] == 4
+    results = tmp_path / "test"
+    test_args = ["finetune", "test", *args[2:], "--ckpt_path", str(best)]
+    test_args[test_args.index("--trainer.default_root_dir") + 1] = str(results)
+    assert main(test_args) == 0
+
+
+def test_knn_and_cached_probe_on_video_features(videomae_ckpt, tmp_path, capsys):
+    data = {
+        "class_path": "mimkit.data.moving_digits.MovingDigits",
+        "init_args": {"num_samples": 256, "num_val_samples": 128, "batch_size": 64},
+    }
+    out = tmp_path / "knn.json"
+    args = ["knn", "--init_from", str(videomae_ckpt), "--data", json.dumps(data)]
+    assert main([*args, "--pool", "avg", "--k", "10", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["val"] == 128 and result["train"] == 256
+    assert result["top1"] > 20.0  # 10 digit classes: chance is 10%
+    capsys.readouterr()
+    assert main([*args, "--pool", "cls"]) == 2
+    assert "class token" in capsys.readouterr().err
+
+
+def test_quickstart_report_on_a_video_checkpoint(videomae_ckpt, capsys):
+    from mimkit.finetune.quickstart_report import main as report_main
+    from mimkit.finetune.quickstart_report import report
+
+    rows = report(str(videomae_ckpt), probe_epochs=2, video_clips=128, label="direction")
+    assert [(r["encoder"], r["pool"]) for r in rows] == [
+        ("VideoMAE pretrained", "avg"),
+        ("random init", "avg"),
+    ]  # no class token: mean-pooled features only
+    assert all(r["classes"] == 8 and r["val"] == 512 and r["data"] == "moving digits" for r in rows)
+    assert all(0.0 <= r["knn_top1"] <= 100.0 and 0.0 <= r["probe_top1"] <= 100.0 for r in rows)
+    assert report_main(["--ckpt", str(videomae_ckpt), "--probe_epochs", "1"]) == 0
+    assert "moving digits (512 clips, 10 classes, chance 10.0%)" in capsys.readouterr().out
