@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .collate import NUM_SKIPPED, SKIPPED_PATHS, SkipBadSamples, collate_skipping
+from .device_decode import ENCODED
 from .sampler import ResumableSampler, SeededSamples
 from .views import ViewPair
 
@@ -52,10 +53,13 @@ class MimDataModule(L.LightningDataModule):
         num_frames: Frames ``T`` of video clips, ``None`` for images.
         max_retries: Substitute reads tried after a failed sample.
         max_reported_paths: Bound on the example failing paths kept per stage.
+        batch_decoder: ``(batch, device) -> batch`` for batches of encoded files (a
+            ``"encoded"`` key), e.g. :class:`~mimkit.data.device_decode.DeviceDecodeCrop`.
     """
 
     channels: int = 3
     num_frames: int | None = None
+    batch_decoder: Any = None
     max_retries: int = 10
     max_reported_paths: int = 5
 
@@ -171,7 +175,8 @@ class MimDataModule(L.LightningDataModule):
         return stage.value if stage is not None else "unknown"
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Pop the failure record of a batch (main process) and add it to the stage's count.
+        """Pop the failure record of a batch (main process) and add it to the stage's count;
+        decode an encoded batch on the model's device (:attr:`batch_decoder`).
 
         Args:
             batch: Collated batch dict; ``"num_skipped"`` and ``"skipped_paths"`` are removed.
@@ -182,9 +187,16 @@ class MimDataModule(L.LightningDataModule):
         """
         if isinstance(batch, dict):
             self.record_skipped(batch.pop(NUM_SKIPPED, 0), batch.pop(SKIPPED_PATHS, []))
+            if self.batch_decoder is not None and ENCODED in batch:
+                batch = self.batch_decoder(batch, self.device())
         if self.train_sampler is not None and self._stage() == "train":
             self.train_sampler.advance(self._sampler_batch)
         return batch
+
+    def device(self) -> torch.device:
+        """Where the trainer runs the model (the CPU without a trainer)."""
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def record_skipped(self, count: int, paths: Sequence[str], stage: str | None = None) -> None:
         """Add ``count`` skipped samples (and bounded example paths) to a stage's tally.

@@ -97,12 +97,14 @@ def report(
 
 
 def format_table(rows: list[dict[str, object]]) -> str:
-    header = f"{'encoder':<16} {'features':<10} {'linear probe top-1':>19} {'k-NN top-1':>11}"
+    width = max(16, *(len(str(row["encoder"])) for row in rows))
+    header = f"{'encoder':<{width}} {'features':<10} {'linear probe top-1':>19} {'k-NN top-1':>11}"
     lines = [header, "-" * len(header)]
     for row in rows:
         pool = "class tok" if row["pool"] == "cls" else "avg patch"
         lines.append(
-            f"{row['encoder']:<16} {pool:<10} {row['probe_top1']:>18.1f}% {row['knn_top1']:>10.1f}%"
+            f"{row['encoder']:<{width}} {pool:<10} {row['probe_top1']:>18.1f}% "
+            f"{row['knn_top1']:>10.1f}%"
         )
     return "\n".join(lines)
 
