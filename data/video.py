@@ -33,6 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 from .base import MimDataModule
 from .collate import collate_skipping
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .views import ViewPair
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +357,9 @@ class VideoClipDataset(Dataset):
         test_clips: Evaluation clips per video, spread over it (:func:`eval_clip_positions`).
         test_crops: Evaluation crops per clip, spread along the long side. With more than
             one view, ``"pixels"`` is ``(test_clips * test_crops, 3, T, S, S)``, clip-major.
+        views: A two-view transform taking two images (``TwoCropViews``): in training the
+            clip's first and last frames become ``"views"`` (``(3, S, S)`` each) and
+            ``"pixels"`` is the first view.
     """
 
     def __init__(
@@ -370,11 +374,13 @@ class VideoClipDataset(Dataset):
         min_frames: int | None = None,
         test_clips: int = 1,
         test_crops: int = 1,
+        views: Any = None,
     ) -> None:
         if test_crops < 1:
             raise ValueError(f"test_crops must be >= 1, got {test_crops}")
         self.positions = eval_clip_positions(test_clips, sampling)
         self.test_crops = test_crops
+        self.views = views
         self.samples = samples
         self.transform = transform
         self.num_frames = num_frames
@@ -420,6 +426,13 @@ class VideoClipDataset(Dataset):
                 log.debug("Skipping short or empty video %s", path)
                 return None
             stacks = [torch.stack([frames[i] for i in c]) for c in clips_idx]
+            if self.views is not None and self.train:  # first and last frame, one view each
+                first, second = stacks[0][0], stacks[0][-1]
+                views = self.views(first.permute(2, 0, 1), second.permute(2, 0, 1))
+                sample: dict[str, Any] = {"pixels": views[0], "views": views}
+                if label is not None:
+                    sample["label"] = label
+                return sample
             if self.train or self.test_crops == 1:
                 clips = [self.transform(stack, generator) for stack in stacks]
             else:
@@ -431,7 +444,7 @@ class VideoClipDataset(Dataset):
             return None
         several = self.repeat_aug > 1 if self.train else len(clips) > 1
         pixels = torch.stack(clips) if several else clips[0]
-        sample: dict[str, Any] = {"pixels": pixels}
+        sample = {"pixels": pixels}
         if label is not None:
             sample["label"] = label
         return sample
@@ -481,6 +494,9 @@ class VideoFolder(MimDataModule):
         std: Normalization std per channel.
         num_classes: Number of classes; inferred in ``setup`` for labeled sources when ``None``.
         pin_memory: Pin host memory when CUDA is available.
+        views: Two frames per training video as two views (ViC-MAE): with ``num_frames=2``
+            the frames are ``sampling_rate`` apart (random position), each augmented by
+            its own half of an independent two-view transform (``TwoCropViews``).
         test_root: Source of the ``test`` stage (default: ``val_root``).
         test_clips: Clips per video in the ``test`` stage, spread over the video (VideoMAE:
             5 for Kinetics, 2 for SSv2).
@@ -513,9 +529,12 @@ class VideoFolder(MimDataModule):
         test_root: str | Path | None = None,
         test_clips: int = 1,
         test_crops: int = 1,
+        views: ViewPair | None = None,
     ) -> None:
         if repeat_aug < 1:
             raise ValueError(f"repeat_aug must be >= 1, got {repeat_aug}")
+        if views is not None and repeat_aug != 1:
+            raise ValueError("frame-pair views take one pair per video; set repeat_aug: 1")
         super().__init__(
             img_size=img_size,
             batch_size=batch_size,
@@ -524,8 +543,9 @@ class VideoFolder(MimDataModule):
             mean=mean,
             std=std,
             num_classes=num_classes,
+            views=views,
         )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["views"])
         self.root = Path(root)
         self.val_root = Path(val_root) if val_root is not None else None
         self.data_prefix = data_prefix
@@ -563,7 +583,21 @@ class VideoFolder(MimDataModule):
             self.min_frames,
             self.test_clips if test else 1,
             self.test_crops if test else 1,
+            self._frame_views() if train else None,
         )
+
+    def _frame_views(self) -> Any:
+        if self.views is None:
+            return None
+        transform = self.views.build(self.img_size, self.mean, self.std)
+        if not getattr(transform, "pairs_frames", False):
+            raise ValueError(
+                f"{type(self.views).__name__} makes both views from one image; frame pairs "
+                "need views augmented independently, e.g. mimkit.data.TwoCropViews"
+            )
+        if self.num_frames < 2:
+            raise ValueError("frame-pair views need num_frames >= 2 (the first and last frame)")
+        return transform
 
     def setup(self, stage: str | None = None) -> None:
         """Scan the sources: the training one for ``fit`` (or no stage), the validation one

@@ -3,7 +3,9 @@
 A :class:`ViewPair` is a configurable recipe (``class_path`` in YAML); a DataModule
 calls :meth:`ViewPair.build` with its image size and normalization and gets a
 callable mapping one image (PIL, or a float tensor ``(C, H, W)`` in ``[0, 1]``) to a
-list of two normalized float tensors ``(C, S, S)``. Datasets then emit
+list of two normalized float tensors ``(C, S, S)``. Transforms whose views are augmented
+independently (``TwoCropViews``) also take two images, one per view: the two frames of a
+video that :class:`~mimkit.data.video.VideoFolder` pairs for ViC-MAE. Datasets then emit
 ``{"pixels": views[0], "views": [view_0, view_1], ...}``; collation stacks each view.
 Randomness comes from torch's generator, which the training sampler seeds per sample.
 """
@@ -77,13 +79,15 @@ class _ShiftedPair:
 
 
 class _Independent:
-    """Picklable transform: two independently augmented views."""
+    """Picklable transform: two independently augmented views, of one image or of two
+    (two frames of a video, ViC-MAE)."""
 
     def __init__(self, first, second) -> None:
         self.first, self.second = first, second
+        self.pairs_frames = True
 
-    def __call__(self, image: Any) -> list[Tensor]:
-        return [self.first(image), self.second(image)]
+    def __call__(self, image: Any, other: Any = None) -> list[Tensor]:
+        return [self.first(image), self.second(image if other is None else other)]
 
 
 class ViewPair:

@@ -1,9 +1,10 @@
 """ViC-MAE's loss against a per-view computation with the official InfoNCE formula."""
 
 import math
+from pathlib import Path
 
 import torch
-from tiny import tiny_encoder
+from tiny import CPU_TRAINER, tiny_encoder
 
 from mimkit.pretrain import RandomMasking, ViCMAE
 from mimkit.pretrain.masking import Mask
@@ -102,3 +103,46 @@ def test_video_clips_give_frame_pairs():
         {"pixels": views[0], "views": views}, torch.Generator().manual_seed(4)
     )
     torch.testing.assert_close(from_clip["loss"], from_views["loss"])
+
+
+def test_video_frame_pairs_are_the_views_and_the_k400_recipe_trains(tmp_path):
+    from test_video_data import write_video
+
+    from mimkit.cli import main
+    from mimkit.data import TwoCropViews
+    from mimkit.data.video import VideoFolder
+
+    videos = tmp_path / "videos"
+    for name in ("a", "b"):
+        (videos / name).mkdir(parents=True)
+        write_video(videos / name / "0.mp4", num_frames=20)
+    data = VideoFolder(
+        videos, img_size=32, num_frames=2, sampling_rate=6, batch_size=2, num_workers=0,
+        mean=(0.0,) * 3, std=(1.0,) * 3, views=TwoCropViews(color=False),
+    )  # fmt: skip
+    data.setup("fit")
+    sample = data.train_dataset[0]
+    first, second = sample["views"]
+    assert first.shape == second.shape == (3, 32, 32) and sample["pixels"] is first
+    index = [round(float(view[0].mean()) * 255 / 10) for view in (first, second)]
+    assert index[1] - index[0] == 6  # two frames sampling_rate apart, one per view
+
+    recipe = (
+        Path(__file__).resolve().parents[1] / "recipes/pretrain/vicmae_vit_base_patch16_k400.yaml"
+    )
+    args = [
+        "pretrain", "fit", "--config", str(recipe), "--data.root", str(videos),
+        "--data.img_size", "32", "--data.batch_size", "2", "--data.num_workers", "0",
+        "--data.sampling_rate", "4",
+        "--model.encoder.init_args.name", "vit_tiny_patch16_224",
+        "--model.encoder.init_args.patch_size", "8",
+        "--model.encoder.init_args.model_kwargs", '{"depth": 1}',
+        "--model.decoder_dim", "32", "--model.decoder_depth", "1", "--model.decoder_heads", "2",
+        "--model.projector_hidden_dim", "32", "--model.projector_dim", "16",
+        *CPU_TRAINER, "--trainer.strategy", "auto", "--trainer.accumulate_grad_batches", "1",
+        "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--preview.every_n_steps", "0",
+    ]  # fmt: skip
+    assert main(args) == 0
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["mimkit"]["method"] == "ViCMAE"
