@@ -144,6 +144,17 @@ class VideoMAE(PretrainModule):
 
     # ----- the model, one step at a time -------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        frames = getattr(datamodule, "num_frames", None)
+        if frames is not None and frames != self.encoder.num_frames:
+            raise ValueError(
+                f"the data gives {frames}-frame clips but the encoder is built for "
+                f"{self.encoder.num_frames}; set data.init_args.num_frames and "
+                "model.init_args.encoder.init_args.num_frames to the same value"
+            )
+
     def mask(self, batch_size: int, generator: torch.Generator | None = None) -> Mask:
         """Draws the encoder mask over the ``(T', H', W')`` token grid."""
         return self.masking(batch_size, self.encoder.grid_size, self.device, generator)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 from tiny import CPU_TRAINER
@@ -103,3 +104,13 @@ def test_mae_st_recipe_on_real_videos_with_repeated_sampling(tmp_path):
     # effective batch = 2 videos x 2 clips: lr = 1.6e-3 x 4 / 256
     base_lr = ckpt["lr_schedulers"][0]["base_lrs"][0]
     assert abs(base_lr - 1.6e-3 * 4 / 256) < 1e-12
+
+
+def test_a_frame_count_mismatch_is_one_clear_error(tmp_path, capsys):
+    args = [
+        "pretrain", "fit", "--config", str(ROOT / "recipes/quickstart/videomae_moving_digits.yaml"),
+        "--data.num_frames", "4", *CPU_TRAINER, "--trainer.max_steps", "1",
+        "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="4-frame clips but the encoder is built for 8"):
+        main(args)
