@@ -182,9 +182,13 @@ class VideoMAE(PretrainModule):
             return self.decoder(latent, mask.ids_restore, ids_query)
         return self.decoder.forward_subset(latent, mask.ids_keep, ids_query)
 
-    def target(self, video: Tensor) -> Tensor:
-        """``(B, C, T, H, W) -> (B, N, t * p * p * C)`` regression target."""
+    def target(self, video: Tensor, ids: Tensor | None = None) -> Tensor:
+        """``(B, C, T, H, W) -> (B, N, t * p * p * C)`` regression target, or ``(B, K, ...)``
+        for the tubes ``ids`` only (each tube is normalized on its own, so gathering first
+        gives the same values for less work)."""
         patches = patchify_video(video, self.patch_size, self.tubelet_size)
+        if ids is not None:
+            patches = gather_tokens(patches, ids)
         if not self.norm_pix_loss:
             return patches
         if self.norm_per_channel:
@@ -202,7 +206,7 @@ class VideoMAE(PretrainModule):
         mask = self.mask(video.shape[0], generator)
         ids_query = self.decoder_queries(mask, generator)
         pred = self.decode(self.encode(video, mask), mask, ids_query)
-        target = gather_tokens(self.target(video.float()), ids_query)
+        target = self.target(video.float(), ids_query)
         return {"loss": self.loss(pred, target)}
 
     # ----- pictures and checkpoints -------------------------------------------------
