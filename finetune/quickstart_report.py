@@ -43,9 +43,11 @@ def report(
     seed: int = 0,
     label: str = "digit",
     video_clips: int = 2048,
+    include_random: bool = True,
 ) -> list[dict[str, object]]:
     """Rows of ``{"encoder", "pool", "probe_top1", "knn_top1", ...}`` for the digits split
-    (moving digits with ``video_clips`` training clips for a video checkpoint)."""
+    (moving digits with ``video_clips`` training clips for a video checkpoint): the
+    pretrained encoder, then (``include_random``) the same architecture randomly initialized."""
     raw = read_checkpoint(ckpt)
     torch.manual_seed(seed)
     random_encoder = build_encoder(raw.meta, raw.path)
@@ -68,7 +70,10 @@ def report(
         pools = [pool for pool in pools if pool != "cls"] or ["avg"]
     rows: list[dict[str, object]] = []
     method = str(raw.meta.get("method", "checkpoint"))
-    for name, encoder in ((f"{method} pretrained", pretrained), ("random init", random_encoder)):
+    encoders = [(f"{method} pretrained", pretrained)]
+    if include_random:
+        encoders.append(("random init", random_encoder))
+    for name, encoder in encoders:
         for pool in pools:
             feats = compute_features(encoder, datamodule, pool=pool)  # type: ignore[arg-type]
             start = time.perf_counter()
@@ -111,7 +116,13 @@ def format_table(rows: list[dict[str, object]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mimkit.finetune.quickstart_report")
-    parser.add_argument("--ckpt", default="runs/quickstart/mae_digits/checkpoints/last.ckpt")
+    parser.add_argument(
+        "--ckpt",
+        nargs="+",
+        default=["runs/quickstart/mae_digits/checkpoints/last.ckpt"],
+        help="one or more checkpoints: one table, a row per method (random init once per "
+        "encoder architecture)",
+    )
     parser.add_argument("--pools", nargs="+", default=["cls", "avg"], choices=["cls", "avg"])
     parser.add_argument("--probe_epochs", type=int, default=50)
     parser.add_argument(
@@ -120,11 +131,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    rows: list[dict[str, object]] = []
+    architectures: list[str] = []
     try:
-        rows = report(args.ckpt, args.pools, args.probe_epochs, label=args.label)
+        for ckpt in args.ckpt:
+            config = json.dumps(read_checkpoint(ckpt).meta.get("encoder"), sort_keys=True)
+            rows += report(
+                ckpt, args.pools, args.probe_epochs, label=args.label,
+                include_random=config not in architectures,
+            )  # fmt: skip
+            architectures.append(config)
     except CheckpointError as err:
         print(f"quickstart report: error: {err}", file=sys.stderr)
         return 2
+    if len({row["data"] for row in rows}) > 1:
+        print(
+            "quickstart report: error: give image or video checkpoints, not both", file=sys.stderr
+        )
+        return 2
+    rows.sort(key=lambda row: row["encoder"] == "random init")  # methods first
     first = rows[0]
     val, classes = first["val"], int(first["classes"])  # type: ignore[call-overload]
     what = "clips" if first["data"] == "moving digits" else "images"

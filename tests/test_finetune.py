@@ -255,3 +255,14 @@ def test_quickstart_report_compares_pretrained_and_random(mae_ckpt):
     assert all(r["classes"] == 10 and r["data"] == "digits" for r in rows)
     assert rows[0]["knn_top1"] > 30.0 and rows[0]["probe_top1"] > 30.0  # chance: 10%
     assert "class tok" in format_table(rows)
+
+
+def test_quickstart_report_table_has_a_row_per_checkpoint(mae_ckpt, capsys):
+    from mimkit.finetune.quickstart_report import main as report_main
+
+    capsys.readouterr()
+    args = ["--ckpt", str(mae_ckpt), str(mae_ckpt), "--pools", "cls", "--probe_epochs", "1"]
+    assert report_main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("MAE pretrained") for line in lines) == 2
+    assert sum(line.startswith("random init") for line in lines) == 1  # one per architecture
