@@ -168,7 +168,9 @@ class ShardWriter:
             name = self.pattern % len(records)
             temporary = name + ".tmp"
             first, count = index, 0
-            with wds.TarWriter(temporary) as sink:
+            # An integer mtime keeps every member a single 512-byte USTAR header: a float
+            # one makes tarfile add a PAX header per member, which readers parse as well.
+            with wds.TarWriter(temporary, mtime=int(time.time())) as sink:
                 while index < total and count < self.max_count:
                     path, label = samples[index]
                     try:

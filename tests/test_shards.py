@@ -72,6 +72,8 @@ def test_write_shards_splits_by_size_and_records_samples(tmp_path):
             if ext == "jpg" and key != "000000005":
                 Image.open(__import__("io").BytesIO(data)).verify()  # PNGs re-encoded as JPEG
     assert labels == list(range(20)) and keys == [f"{i:09d}" for i in range(20)]
+    with tarfile.open(shards[0]) as tar:  # one plain header per member: no PAX records
+        assert all(not m.pax_headers and isinstance(m.mtime, int) for m in tar.getmembers())
     manifest = json.loads((tmp_path / "shards" / "train.manifest.json").read_text())
     assert manifest["done"] and sum(s["count"] for s in manifest["shards"]) == 20
 
