@@ -22,11 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from mimkit.pretrain_cli import PretrainCLI
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrain_throughput import sync  # noqa: E402
+
+from mimkit.pretrain_cli import PretrainCLI  # noqa: E402
 
 
 def build(args: argparse.Namespace):
@@ -37,12 +43,6 @@ def build(args: argparse.Namespace):
         overrides += ["--data.decode_on_device", "true"]
     cli = PretrainCLI(args=["--config", args.config, *overrides], run=False)
     return cli.model, cli.datamodule
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {
-        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-    }
 
 
 def loader_rate(datamodule, device: torch.device, batches: int) -> tuple[float, float, int]:
@@ -61,7 +61,7 @@ def loader_rate(datamodule, device: torch.device, batches: int) -> tuple[float, 
         for _ in range(batches):
             batch = next(iterator)
             if full:
-                batch = to_device(datamodule.on_before_batch_transfer(batch, 0), device)
+                batch = move_data_to_device(datamodule.on_before_batch_transfer(batch, 0), device)
                 samples += batch["pixels"].shape[0]
             else:
                 samples += len(batch["label"]) if "label" in batch else loader.batch_size
@@ -73,7 +73,7 @@ def loader_rate(datamodule, device: torch.device, batches: int) -> tuple[float, 
 
 def model_rate(model, datamodule, device: torch.device, steps: int) -> float:
     """Samples/s of optimizer steps on one loaded batch."""
-    batch = to_device(
+    batch = move_data_to_device(
         datamodule.on_before_batch_transfer(next(iter(datamodule.train_dataloader())), 0), device
     )
     model.to(device).train()
@@ -96,11 +96,6 @@ def model_rate(model, datamodule, device: torch.device, steps: int) -> float:
         step()
     sync(device)
     return steps * batch["pixels"].shape[0] / (time.perf_counter() - start)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

@@ -27,14 +27,20 @@ import torch
 from mimkit.data import Digits
 from mimkit.data.moving_digits import MovingDigits
 
-from .checkpoint import CheckpointError, build_encoder, load_encoder_state, read_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    RawCheckpoint,
+    build_encoder,
+    load_encoder_state,
+    read_checkpoint,
+)
 from .evaluate import cached_probe, compute_features, knn_evaluate
 
 __all__ = ["main", "report"]
 
 
 def report(
-    ckpt: str,
+    ckpt: str | RawCheckpoint,
     pools: Sequence[str] = ("cls", "avg"),
     probe_epochs: int = 50,
     probe_lr: float = 10.0,
@@ -48,7 +54,7 @@ def report(
     """Rows of ``{"encoder", "pool", "probe_top1", "knn_top1", ...}`` for the digits split
     (moving digits with ``video_clips`` training clips for a video checkpoint): the
     pretrained encoder, then (``include_random``) the same architecture randomly initialized."""
-    raw = read_checkpoint(ckpt)
+    raw = ckpt if isinstance(ckpt, RawCheckpoint) else read_checkpoint(ckpt)
     torch.manual_seed(seed)
     random_encoder = build_encoder(raw.meta, raw.path)
     pretrained = build_encoder(raw.meta, raw.path)
@@ -135,9 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     architectures: list[str] = []
     try:
         for ckpt in args.ckpt:
-            config = json.dumps(read_checkpoint(ckpt).meta.get("encoder"), sort_keys=True)
+            raw = read_checkpoint(ckpt)  # read once, for the architecture and the report
+            config = json.dumps(raw.meta.get("encoder"), sort_keys=True)
             rows += report(
-                ckpt, args.pools, args.probe_epochs, label=args.label,
+                raw, args.pools, args.probe_epochs, label=args.label,
                 include_random=config not in architectures,
             )  # fmt: skip
             architectures.append(config)
