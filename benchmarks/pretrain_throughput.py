@@ -345,13 +345,21 @@ def build_variant(v: Variant, name: str, device: torch.device, compile_mode: str
 
 
 def train_step(
-    v: Variant, x: torch.Tensor, amp: torch.dtype | None, device: torch.device, nonfinite_sync: bool
+    v: Variant, x: torch.Tensor, amp: torch.dtype | None, device: torch.device, nonfinite: str
 ) -> None:
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         loss = v.loss_fn(v.model, x)
-    if nonfinite_sync and v.kind == "mimkit":
-        bool(torch.isfinite(loss.detach()).all())  # what PretrainModule.training_step does
+    guard = None
+    if nonfinite == "host" and v.kind == "mimkit":
+        bool(torch.isfinite(loss.detach()).all())  # PretrainModule's nonfinite_check="host"
+    elif nonfinite == "device" and v.kind == "mimkit":
+        from mimkit.pretrain.nonfinite import NonfiniteGuard
+
+        guard = NonfiniteGuard(device)
+        guard.observe_loss(loss)
     loss.backward()
+    if guard is not None:
+        guard.before_step(v.optimizer)
     v.optimizer.step()
     v.optimizer.zero_grad(set_to_none=True)
     v.last_loss = loss.detach()
@@ -385,7 +393,7 @@ def run_group(
         try:
             build_variant(v, name, device, args.compile_mode)
             for _ in range(args.warmup):
-                train_step(v, x, amp, device, args.nonfinite_sync)
+                train_step(v, x, amp, device, args.nonfinite_check)
             sync(device)
             live.append(v)
         except Exception as err:  # OOM, missing kernel, compile failure: report, go on
@@ -418,7 +426,7 @@ def run_group(
                 sync(device)
                 t0 = time.perf_counter()
                 for _ in range(args.round_steps):
-                    train_step(v, x, amp, device, args.nonfinite_sync)
+                    train_step(v, x, amp, device, args.nonfinite_check)
                 sync(device)
                 v.round_times.append((time.perf_counter() - t0) / args.round_steps)
                 if device.type == "cuda":
@@ -492,12 +500,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="output path (default benchmarks/results/...)")
     p.add_argument("--no-hf", action="store_true", help="skip transformers' ViTMAEForPreTraining")
     p.add_argument(
-        "--nonfinite-sync",
-        action="store_true",
-        help="add the host sync of PretrainModule.training_step's non-finite loss check",
+        "--nonfinite-check",
+        choices=("none", "host", "device"),
+        default="none",
+        help="add PretrainModule's non-finite step check to mimkit's step: the per-step "
+        "host sync ('host') or the on-device flag fed to the fused optimizer ('device')",
     )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (cpu)")
     args = p.parse_args(argv)
+    if args.nonfinite_check == "device" and args.device != "cuda":
+        p.error("--nonfinite-check device needs the fused AdamW the benchmark uses on cuda")
     cuda = args.device.startswith("cuda")
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
     args.steps = args.steps if args.steps is not None else (20 if cuda else 5)

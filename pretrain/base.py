@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -16,6 +16,7 @@ from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from .attention import prepare_attention
+from .nonfinite import NonfiniteGuard, accepts_found_inf
 
 __all__ = [
     "PretrainModule",
@@ -122,6 +123,14 @@ class PretrainModule(L.LightningModule):
         min_lr_ratio: final learning rate as a fraction of the peak.
         max_nonfinite_steps: consecutive steps with a NaN/inf loss tolerated (each
             skipped) before training stops with an error.
+        nonfinite_check: how a NaN/inf step is found and skipped. ``host`` reads the
+            loss on the host every step (one device sync per step). ``device`` keeps
+            the check on the device: the gradients' total norm and the loss give a
+            flag that the fused optimizer's ``found_inf`` input uses to skip the
+            update, and the host reads the streak only every ``nonfinite_check_every``
+            steps. ``auto`` picks ``device`` for an optimizer that accepts ``found_inf``
+            (``fused=True`` Adam/AdamW/SGD) when no fp16 gradient scaler owns it.
+        nonfinite_check_every: optimizer steps between host reads in ``device`` mode.
         ema_momentum: start of the cosine momentum schedule for ``momentum_pairs``.
         ema_momentum_end: end of that schedule.
         compile_modules: ``torch.compile`` the modules named by ``compile_targets()``
@@ -137,6 +146,8 @@ class PretrainModule(L.LightningModule):
         warmup_steps: int | None = None,
         min_lr_ratio: float = 0.0,
         max_nonfinite_steps: int = 20,
+        nonfinite_check: Literal["auto", "host", "device"] = "auto",
+        nonfinite_check_every: int = 50,
         ema_momentum: float = 0.996,
         ema_momentum_end: float = 1.0,
         compile_modules: bool = False,
@@ -152,7 +163,17 @@ class PretrainModule(L.LightningModule):
         self.ema_momentum = ema_momentum
         self.ema_momentum_end = ema_momentum_end
         self.compile_modules = compile_modules
+        if nonfinite_check not in ("auto", "host", "device"):
+            raise ValueError(
+                f"nonfinite_check must be 'auto', 'host' or 'device', got {nonfinite_check!r}"
+            )
+        if nonfinite_check_every < 1:
+            raise ValueError(f"nonfinite_check_every must be >= 1, got {nonfinite_check_every}")
+        self.nonfinite_check = nonfinite_check
+        self.nonfinite_check_every = nonfinite_check_every
         self.nonfinite_streak = 0
+        self.skipped_steps = 0
+        self.nonfinite_guard: NonfiniteGuard | None = None
         self.decayed_names: set[str] | None = None
 
     # ----- extension points -----------------------------------------------------
@@ -298,33 +319,80 @@ class PretrainModule(L.LightningModule):
 
     # ----- steps ------------------------------------------------------------------
 
+    def on_train_start(self) -> None:
+        self.nonfinite_guard = None
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        usable = (
+            optimizer is not None
+            and accepts_found_inf(optimizer)
+            and scaler is None
+            and len(self.trainer.optimizers) == 1
+        )
+        if self.nonfinite_check == "device" and not usable:
+            raise ValueError(
+                "nonfinite_check='device' needs one optimizer that accepts `found_inf` "
+                "(torch.optim.AdamW/Adam/SGD with fused=True) and no fp16 gradient scaler; "
+                "use nonfinite_check='host' or 'auto'"
+            )
+        if self.nonfinite_check != "host" and usable:
+            self.nonfinite_guard = NonfiniteGuard(self.device)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         outputs = self.compute_loss(batch)
         loss = outputs["loss"]
-        finite = bool(torch.isfinite(loss.detach()).all())
-        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            self.nonfinite_streak += 1
-            self.log("train/nonfinite_streak", float(self.nonfinite_streak))
-            rank_zero_warn(
-                f"non-finite loss at step {self.global_step}: step skipped "
-                f"({self.nonfinite_streak}/{self.max_nonfinite_steps} in a row)"
-            )
-            if self.nonfinite_streak >= self.max_nonfinite_steps:
-                raise RuntimeError(
-                    f"the loss was NaN/inf for {self.nonfinite_streak} consecutive steps "
-                    f"(max_nonfinite_steps={self.max_nonfinite_steps}), last at step "
-                    f"{self.global_step}. Lower the learning rate, use bf16 instead of fp16, "
-                    "or check the data for broken inputs."
-                )
+        if self.nonfinite_guard is not None:
+            self.nonfinite_guard.observe_loss(loss)
+        elif not self._loss_is_finite(loss):
             return None
-        self.nonfinite_streak = 0
         batch_size = _batch_size(batch)
         for name, value in outputs.items():
             self.log(
                 f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=batch_size
             )
         return loss
+
+    def _loss_is_finite(self, loss: Tensor) -> bool:
+        """Host check: syncs, counts the streak, and raises once it is too long."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            self.nonfinite_streak = 0
+            return True
+        self.nonfinite_streak += 1
+        self.skipped_steps += 1
+        self.log("train/nonfinite_streak", float(self.nonfinite_streak))
+        rank_zero_warn(
+            f"non-finite loss at step {self.global_step}: step skipped "
+            f"({self.nonfinite_streak}/{self.max_nonfinite_steps} in a row)"
+        )
+        self._stop_if_too_many(self.nonfinite_streak)
+        return False
+
+    def _stop_if_too_many(self, streak: int) -> None:
+        if streak >= self.max_nonfinite_steps:
+            raise RuntimeError(
+                f"the loss was NaN/inf for {streak} consecutive steps "
+                f"(max_nonfinite_steps={self.max_nonfinite_steps}), last at step "
+                f"{self.global_step}. Lower the learning rate, use bf16 instead of fp16, "
+                "or check the data for broken inputs."
+            )
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        if self.nonfinite_guard is not None:
+            self.nonfinite_guard.before_step(getattr(optimizer, "_optimizer", optimizer))
+
+    def _read_nonfinite_guard(self) -> None:
+        """Device mode: one host read of the streak counters."""
+        worst, skipped = self.nonfinite_guard.read()
+        if skipped > self.skipped_steps:
+            rank_zero_warn(
+                f"{skipped - self.skipped_steps} non-finite step(s) skipped before step "
+                f"{self.global_step} ({skipped} in total)"
+            )
+            self.log("train/skipped_steps", float(skipped))
+        self.skipped_steps = skipped
+        self._stop_if_too_many(worst)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
@@ -336,13 +404,21 @@ class PretrainModule(L.LightningModule):
             )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches:
+            return
+        if self.nonfinite_guard is not None and self.global_step % self.nonfinite_check_every == 0:
+            self._read_nonfinite_guard()
         pairs = self.momentum_pairs()
-        if not pairs or (batch_idx + 1) % self.trainer.accumulate_grad_batches:
+        if not pairs:
             return
         momentum = self.current_momentum()
         for online, target in pairs:
             ema_update(online, target, momentum)
         self.log("train/ema_momentum", momentum)
+
+    def on_train_epoch_end(self) -> None:
+        if self.nonfinite_guard is not None:
+            self._read_nonfinite_guard()
 
     def current_momentum(self) -> float:
         """Momentum of the EMA update that follows optimizer step ``global_step - 1``."""

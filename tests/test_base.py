@@ -115,10 +115,64 @@ def test_nonfinite_loss_skips_the_step(tmp_path):
 
 
 def test_consecutive_nonfinite_losses_stop_with_a_clear_error(tmp_path):
-    model = Regression(nan_steps=set(range(100)), max_nonfinite_steps=3)
+    model = Regression(nan_steps=set(range(100)), max_nonfinite_steps=3, nonfinite_check="host")
     trainer = quiet_trainer(tmp_path, max_steps=10)
     with pytest.raises(RuntimeError, match=r"NaN/inf for 3 consecutive steps"):
         trainer.fit(model, datamodule=tiny_data())
+
+
+def fused_adamw(params):
+    return torch.optim.AdamW(params, lr=0.05, fused=True)
+
+
+@pytest.mark.parametrize("nan_steps", [{1}, {1, 2}])
+def test_device_nonfinite_check_skips_like_the_host_check(tmp_path, nan_steps):
+    final = {}
+    for mode in ("host", "device"):
+        torch.manual_seed(0)
+        model = Regression(
+            nan_steps=nan_steps, scale_lr=False, optimizer=fused_adamw, nonfinite_check=mode
+        )
+        trainer = quiet_trainer(tmp_path, max_steps=5, limit_train_batches=8, max_epochs=1)
+        trainer.fit(model, datamodule=tiny_data())
+        assert (model.nonfinite_guard is not None) == (mode == "device")
+        seen = model.weights_seen
+        assert not torch.equal(seen[0], seen[1])
+        for step in nan_steps:  # the NaN step changed nothing
+            torch.testing.assert_close(seen[step], seen[step + 1], rtol=0, atol=0)
+        state = trainer.optimizers[0].state[model.layer.weight]
+        finite_steps = len(seen) - len(nan_steps)
+        assert float(state["step"]) == finite_steps
+        assert model.skipped_steps == len(nan_steps)
+        final[mode] = model.layer.weight.detach().clone()
+    torch.testing.assert_close(final["device"], final["host"])
+
+
+def test_device_nonfinite_check_stops_after_the_streak(tmp_path):
+    model = Regression(
+        nan_steps=set(range(2, 100)),
+        optimizer=fused_adamw,
+        max_nonfinite_steps=3,
+        nonfinite_check="device",
+        nonfinite_check_every=2,
+    )
+    trainer = quiet_trainer(tmp_path, max_steps=20)
+    with pytest.raises(RuntimeError, match=r"NaN/inf for \d+ consecutive steps"):
+        trainer.fit(model, datamodule=tiny_data())
+    assert torch.isfinite(model.layer.weight).all()
+    assert model.calls <= 2 + 3 + 2  # stopped within one read interval of the limit
+
+
+def test_auto_nonfinite_check_needs_a_fused_optimizer(tmp_path):
+    sgd = Regression(optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    quiet_trainer(tmp_path, max_steps=1).fit(sgd, datamodule=tiny_data())
+    assert sgd.nonfinite_guard is None
+    fused = Regression(optimizer=fused_adamw)
+    quiet_trainer(tmp_path, max_steps=1).fit(fused, datamodule=tiny_data())
+    assert fused.nonfinite_guard is not None
+    forced = Regression(optimizer=lambda p: torch.optim.SGD(p, lr=0.1), nonfinite_check="device")
+    with pytest.raises(ValueError, match="fused=True"):
+        quiet_trainer(tmp_path, max_steps=1).fit(forced, datamodule=tiny_data())
 
 
 def test_ema_update_matches_formula():
