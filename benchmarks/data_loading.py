@@ -5,8 +5,9 @@
 
 Without ``--root`` it writes ``--images`` synthetic JPEGs (smooth random images of about
 ImageNet's average size) to a temporary folder and shards them with ``mimkit shards write``'s
-writer. Each measurement reads ``--batches`` batches after one warm-up batch per worker; it
-prints a table (images/s in total and per worker) and optionally writes JSON.
+writer. Each measurement reads ``--batches`` batches after one warm-up batch per worker; folder and
+shards alternate for ``--rounds`` rounds and the median is reported. It prints a table
+(images/s in total and per worker) and optionally writes JSON.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--workers", type=int, nargs="+", default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     workers = args.workers or sorted({1, 2, os.cpu_count() or 1})
@@ -93,18 +96,23 @@ def main() -> None:
         transform = mae_train_transform(args.img_size)
         folder = ImageFileDataset(scan_images(root), transform)
         results = []
-        print(f"{'source':8} {'workers':>7} {'images/s':>10} {'per worker':>10}")
+        print(f"{'source':8} {'workers':>7} {'images/s':>10} {'per worker':>10}  rounds (images/s)")
         for n in workers:
-            for name in ("folder", "shards"):
-                if name == "folder":
-                    dataset = folder
-                else:  # resampled: an endless stream, so every worker stays busy
-                    dataset = ShardStream(urls, transform, resampled=True,
-                                          samples_per_rank=10**9, shuffle_buffer=256)  # fmt: skip
-                rate = measure(dataset, n, args.batch_size, args.batches)
+            rates: dict[str, list[float]] = {"folder": [], "shards": []}
+            for _ in range(args.rounds):  # interleaved, so load changes hit both alike
+                for name in rates:
+                    if name == "folder":
+                        dataset = folder
+                    else:  # resampled: an endless stream, so every worker stays busy
+                        dataset = ShardStream(urls, transform, resampled=True,
+                                              samples_per_rank=10**9, shuffle_buffer=256)  # fmt: skip
+                    rates[name].append(measure(dataset, n, args.batch_size, args.batches))
+            for name, values in rates.items():
+                rate = statistics.median(values)
                 results.append({"source": name, "workers": n, "images_per_s": rate,
-                                "per_worker": rate / n})  # fmt: skip
-                print(f"{name:8} {n:7d} {rate:10.1f} {rate / n:10.1f}")
+                                "per_worker": rate / n, "rounds": values})  # fmt: skip
+                spread = " ".join(f"{v:.0f}" for v in values)
+                print(f"{name:8} {n:7d} {rate:10.1f} {rate / n:10.1f}  {spread}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

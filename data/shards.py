@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .base import MimDataModule
 from .collate import NUM_SKIPPED, SKIPPED_PATHS, collate_skipping
+from .tar_reader import read_shard
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, mae_train_transform
 
 log = logging.getLogger(__name__)
@@ -169,13 +170,15 @@ class ShardStream(IterableDataset):
         rng = random.Random(hash((self.seed, self.epoch, self.rank, worker)))
         failures: list[str] = []
 
-        def on_error(error: Exception) -> bool:
-            failures.append(f"{getattr(error, 'args', [''])[-1]!s}"[:200] or repr(error))
-            log.warning("Skipping unreadable shard data: %r", error)
-            return True
+        def read(urls: Iterator[str]) -> Iterator[dict[str, Any]]:
+            for url in urls:
+                try:
+                    yield from read_shard(url)
+                except Exception as error:  # unreadable or corrupt shard: skip the rest of it
+                    failures.append(f"{url}: {error!r}"[:200])
+                    log.warning("Skipping the rest of unreadable shard %s: %r", url, error)
 
-        urls = ({"url": url} for url in self._shard_urls(rng, worker, num_workers))
-        samples = wds.tarfile_to_samples(handler=on_error)(urls)
+        samples = read(self._shard_urls(rng, worker, num_workers))
         if self.shuffle_buffer > 0:
             initial = min(self.shuffle_buffer, 100)
             samples = wds.shuffle(self.shuffle_buffer, initial, rng=rng)(samples)
