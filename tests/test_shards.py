@@ -167,6 +167,21 @@ def test_corrupt_samples_are_skipped_counted_and_replaced(tmp_path):
     assert sorted(labels) == [i for i in range(12) if i not in (3, 7)]
 
 
+def test_a_truncated_shard_loses_only_its_tail(tmp_path):
+    listing = make_images(tmp_path / "images", 12)
+    urls = write_shards(listing, str(tmp_path / "s-%03d.tar"), max_count=6, progress=False)
+    cut = Path(urls[0])
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # a copy killed halfway
+    samples = list(ShardStream(urls, eval_transform(16), shuffle_buffer=0))
+    labels = [s["label"] for s in samples]
+    kept = len(labels) - 6
+    assert 0 < kept < 6 and labels == list(range(kept)) + list(range(6, 12))
+    assert all(s["pixels"].shape == (3, 16, 16) for s in samples)
+    reports = [p for s in samples for p in s.get("skipped_paths", [])]
+    assert len(reports) == 1 and urls[0] in reports[0] and "truncated" in reports[0]
+    assert samples[kept]["num_skipped"] == 1  # counted with the next sample served
+
+
 def test_expand_urls():
     assert expand_urls("a-{00..02}.tar::b.tar") == ["a-00.tar", "a-01.tar", "a-02.tar", "b.tar"]
 
