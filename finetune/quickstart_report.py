@@ -92,6 +92,7 @@ def report(
             rows.append(
                 {
                     "encoder": name,
+                    "method": method,
                     "pool": pool,
                     "probe_top1": probe["top1"],
                     "probe_top5": probe["top5"],
@@ -156,7 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quickstart report: error: give image or video checkpoints, not both", file=sys.stderr
         )
         return 2
-    rows.sort(key=lambda row: row["encoder"] == "random init")  # methods first
+    random_rows = [row for row in rows if row["encoder"] == "random init"]
+    if len({row["method"] for row in random_rows}) > 1:  # one per architecture: say whose
+        for row in random_rows:
+            row["encoder"] = f"random init ({row['method']} encoder)"
+    rows.sort(key=lambda row: str(row["encoder"]).startswith("random init"))  # methods first
     first = rows[0]
     val, classes = first["val"], int(first["classes"])  # type: ignore[call-overload]
     what = "clips" if first["data"] == "moving digits" else "images"
