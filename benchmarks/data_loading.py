@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -29,6 +30,7 @@ from mimkit.data.collate import collate_skipping
 from mimkit.data.folder import ImageFileDataset, scan_images
 from mimkit.data.shard_writer import write_shards
 from mimkit.data.shards import ShardStream, expand_urls
+from mimkit.data.tar_reader import read_shard
 from mimkit.data.transforms import mae_train_transform
 
 
@@ -67,6 +69,32 @@ def measure(dataset, workers: int, batch_size: int, batches: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def reading_costs(paths: list[Path], urls: list[str], repeats: int = 5) -> dict[str, float]:
+    """Microseconds per sample to get the raw bytes, without decoding (best of ``repeats``)."""
+
+    def folder() -> int:
+        for path in paths:
+            path.read_bytes()
+        return len(paths)
+
+    def mimkit_shards() -> int:
+        return sum(1 for url in urls for _ in read_shard(url))
+
+    def webdataset_shards() -> int:
+        return sum(1 for _ in wds.tarfile_to_samples()({"url": url} for url in urls))
+
+    costs = {}
+    for name, read in [("folder (open + read)", folder), ("shards, mimkit reader", mimkit_shards),
+                       ("shards, webdataset reader", webdataset_shards)]:  # fmt: skip
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            count = read()
+            best = min(best, (time.perf_counter() - start) / count)
+        costs[name] = best * 1e6
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", help="an image folder/list to read (default: synthetic)")
@@ -95,7 +123,11 @@ def main() -> None:
             urls = write_shards(root, pattern, max_count=count, progress=False)
         transform = mae_train_transform(args.img_size)
         folder = ImageFileDataset(scan_images(root), transform)
-        results = []
+        costs = reading_costs([Path(path) for path, _ in scan_images(root)], urls)
+        print(f"{'raw bytes, no decoding':26} {'us/sample':>9}")
+        for name, cost in costs.items():
+            print(f"{name:26} {cost:9.1f}")
+        results: list[dict] = [{"reading_us_per_sample": costs}]
         print(f"{'source':8} {'workers':>7} {'images/s':>10} {'per worker':>10}  rounds (images/s)")
         for n in workers:
             rates: dict[str, list[float]] = {"folder": [], "shards": []}
