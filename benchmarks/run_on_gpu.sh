@@ -6,6 +6,8 @@
 # benchmarks/pretrain_throughput.py with the given arguments.
 #
 #   bash benchmarks/run_on_gpu.sh --models B --batch-size 256 --precisions bf16 --compile
+#   BENCH=method_overhead bash benchmarks/run_on_gpu.sh --batch-size 128 --precision bf16
+#   BENCH=video_throughput bash benchmarks/run_on_gpu.sh ...   # any benchmarks/*.py with --device
 #
 # Set RUN_XFORMERS_TEST=1 to also run the xformers-vs-sdpa GPU test first.
 set -euo pipefail
@@ -28,4 +30,4 @@ if [ "${RUN_XFORMERS_TEST:-0}" = 1 ]; then
     python3 -P -m pytest -q -p no:cacheprovider tests/test_attention.py -k "gpu or xformers" -rs || true
 fi
 if [ "${PROFILE_ONLY:-0}" = 1 ]; then exec python3 benchmarks/profile_step.py "$@"; fi
-exec python3 benchmarks/pretrain_throughput.py --device cuda "$@"
+exec python3 benchmarks/"${BENCH:-pretrain_throughput}".py --device cuda "$@"
