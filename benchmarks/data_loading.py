@@ -79,7 +79,7 @@ def make_videos(folder: Path, count: int, height: int) -> None:
     """``count`` 4-second H.264 clips of moving noise, ``height`` pixels high, 4:3."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        write_video(folder / f"{i:06d}.mp4", 120, height * 4 // 3, height, "libx264", seed=i)
+        write_video(folder / f"{i:06d}.mp4", 120, height * 2 // 3 * 2, height, "libx264", seed=i)
 
 
 def reading_costs(paths: list[Path], urls: list[str], repeats: int = 5) -> dict[str, float]:

@@ -88,9 +88,10 @@ def iter_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
             if header[257:262] == b"ustar" and header[345:346] != b"\x00":
                 name = _string(header[345:500]) + "/" + name
             name = pax.get("path", long_name or name)
-            data = _read_exact(stream, padded)
+            data = _read_exact(stream, size)
+            _read_exact(stream, padded - size)  # padding to the block; no copy of the data
             long_name, pax = None, {}
-            yield name, data[:size]
+            yield name, data
         elif kind == b"L":
             long_name = _string(_read_exact(stream, padded)[:size])
         elif kind == b"x":
