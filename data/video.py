@@ -27,7 +27,8 @@ from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import RandomResizedCrop
+from torchvision import tv_tensors
+from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as TF
 
 from .base import MimDataModule
@@ -264,6 +265,11 @@ class VideoClipTransform:
     horizontal flip with probability 0.5 when ``flip``; evaluation: short side resized to ``S``, center crop. Then ``/255`` and
     per-channel normalization. The same crop and flip apply to every frame of a clip.
 
+    Fine-tuning augmentation (VideoMAE's recipe; training only, off by default): RandAugment
+    on the uint8 frames before the crop and random erasing after normalization, each drawn
+    once per clip so every frame gets the same operations, magnitudes and erased box
+    (VideoMAE's ``cube`` erasing), from torchvision's v2 transforms on a ``Video``.
+
     Args:
         img_size: Output side ``S``.
         train: Training augmentation or evaluation crop.
@@ -272,6 +278,11 @@ class VideoClipTransform:
         flip: Random horizontal flip (off for Something-Something, where it changes labels).
         scales: Multi-scale crop fractions of the short side.
         area_scale: Area fraction range of a random resized crop, instead of multi-scale.
+        rand_augment_ops: RandAugment operations per clip (VideoMAE: 4); 0 disables it.
+        rand_augment_magnitude: Their magnitude on timm's 0-10 scale (VideoMAE: 7),
+            mapped to torchvision's 31 bins (7 -> bin 21).
+        random_erasing: Probability of erasing one box with per-pixel normal noise
+            (VideoMAE: 0.25); area 2-33% of the frame, aspect ratio 0.3-3.3.
     """
 
     def __init__(
@@ -283,9 +294,24 @@ class VideoClipTransform:
         flip: bool = True,
         scales: Sequence[float] = MULTI_SCALES,
         area_scale: tuple[float, float] | None = None,
+        rand_augment_ops: int = 0,
+        rand_augment_magnitude: int = 7,
+        random_erasing: float = 0.0,
     ) -> None:
+        if not 0 <= rand_augment_magnitude <= 10:
+            raise ValueError(
+                f"rand_augment_magnitude is on a 0-10 scale, got {rand_augment_magnitude}"
+            )
+        if not 0.0 <= random_erasing <= 1.0:
+            raise ValueError(f"random_erasing is a probability, got {random_erasing}")
         self.img_size = img_size
         self.area_scale = area_scale
+        self.rand_augment = (
+            v2.RandAugment(rand_augment_ops, magnitude=round(rand_augment_magnitude * 3))
+            if rand_augment_ops > 0
+            else None
+        )
+        self.eraser = v2.RandomErasing(random_erasing, value="random") if random_erasing else None
         self.train = train
         self.mean = list(mean)
         self.std = list(std)
@@ -295,6 +321,9 @@ class VideoClipTransform:
     def __call__(
         self, frames: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
+        if self.train and self.rand_augment is not None:  # one draw for the whole clip
+            frames = self.rand_augment(tv_tensors.Video(frames.permute(0, 3, 1, 2)))
+            frames = frames.as_subclass(torch.Tensor).permute(0, 2, 3, 1)
         clip = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
         height, width = clip.shape[-2:]
         size = [self.img_size, self.img_size]
@@ -313,6 +342,8 @@ class VideoClipTransform:
         else:
             return self.eval_crops(frames, 1)[0]
         clip = TF.normalize(clip, self.mean, self.std)
+        if self.eraser is not None:  # one box and one noise patch for every frame
+            clip = self.eraser(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
         return clip.permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)
 
     def eval_crops(self, frames: torch.Tensor, num_crops: int) -> list[torch.Tensor]:
@@ -487,6 +518,11 @@ class VideoFolder(MimDataModule):
         crop_area: Area fraction range of a random resized crop used instead of the
             multi-scale crop (MAE-ST); ``None`` for multi-scale.
         repeat_aug: Clips (and masks) per decoded video in training.
+        rand_augment_ops: RandAugment operations per training clip, same for every frame
+            (VideoMAE fine-tuning: 4); 0 disables it.
+        rand_augment_magnitude: RandAugment magnitude on timm's 0-10 scale (VideoMAE: 7).
+        random_erasing: Probability of erasing one box per training clip, the same box in
+            every frame (VideoMAE fine-tuning: 0.25).
         min_frames: Shorter videos are skipped (default ``num_frames``).
         batch_size: Videos per batch (per device); training batches hold ``repeat_aug`` clips of each.
         num_workers: DataLoader worker processes.
@@ -519,6 +555,9 @@ class VideoFolder(MimDataModule):
         crop_scales: Sequence[float] = MULTI_SCALES,
         crop_area: tuple[float, float] | None = None,
         repeat_aug: int = 1,
+        rand_augment_ops: int = 0,
+        rand_augment_magnitude: int = 7,
+        random_erasing: float = 0.0,
         min_frames: int | None = None,
         batch_size: int = 32,
         num_workers: int = 8,
@@ -556,6 +595,9 @@ class VideoFolder(MimDataModule):
         self.crop_scales = tuple(crop_scales)
         self.crop_area = crop_area
         self.repeat_aug = repeat_aug
+        self.rand_augment_ops = rand_augment_ops
+        self.rand_augment_magnitude = rand_augment_magnitude
+        self.random_erasing = random_erasing
         self.min_frames = min_frames
         self.test_root = Path(test_root) if test_root is not None else self.val_root
         self.test_clips = test_clips
@@ -570,8 +612,9 @@ class VideoFolder(MimDataModule):
         if labels and self.num_classes is None:
             self.num_classes = len(classes) if classes else max(labels) + 1
         transform = VideoClipTransform(
-            self.img_size, train, self.mean, self.std, self.flip, self.crop_scales, self.crop_area
-        )
+            self.img_size, train, self.mean, self.std, self.flip, self.crop_scales, self.crop_area,
+            self.rand_augment_ops, self.rand_augment_magnitude, self.random_erasing,
+        )  # fmt: skip
         return VideoClipDataset(
             samples,
             transform,

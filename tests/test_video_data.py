@@ -173,3 +173,60 @@ def test_moving_digits_labels_match_the_motion_and_the_digit():
     by_direction = MovingDigits(num_samples=4, num_val_samples=0, label="direction")
     assert by_direction.num_classes == 8 and by_direction.val_dataset is None
     assert by_direction.train_dataset[1]["label"] == by_direction.train_dataset[1]["direction"]
+
+
+def test_rand_augment_is_drawn_once_per_clip_as_torchvision_does():
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    torch.manual_seed(1)
+    frames = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    transform = VideoClipTransform(
+        32, True, flip=False, scales=(1.0,), rand_augment_ops=3, rand_augment_magnitude=9
+    )
+    torch.manual_seed(0)
+    out = transform(frames)
+    torch.manual_seed(0)  # the reference: torchvision's RandAugment on the whole clip
+    ref = v2.RandAugment(3, magnitude=27)(tv_tensors.Video(frames.permute(0, 3, 1, 2)))
+    ref = ref.as_subclass(torch.Tensor).float() / 255
+    ref = v2.functional.normalize(ref, transform.mean, transform.std).permute(1, 0, 2, 3)
+    torch.testing.assert_close(out, ref)
+    plain = VideoClipTransform(32, True, flip=False, scales=(1.0,))(frames)
+    assert not torch.allclose(out, plain)  # it did change the clip
+    static = frames[:1].expand(4, -1, -1, -1).contiguous()
+    for _ in range(5):  # a still clip stays still: every frame got the same operations
+        clip = transform(static)
+        assert all(torch.equal(clip[:, 0], clip[:, t]) for t in range(4))
+
+
+def test_random_erasing_erases_one_box_in_every_frame():
+    torch.manual_seed(1)
+    frames = torch.randint(0, 256, (4, 40, 48, 3), dtype=torch.uint8)
+    erasing = VideoClipTransform(32, True, random_erasing=1.0)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        plain = VideoClipTransform(32, True)(frames)
+        torch.manual_seed(seed)  # same crop and flip, then the box
+        erased = erasing(frames)
+        changed = (erased != plain).any(0)  # (T, S, S)
+        assert all(torch.equal(changed[0], changed[t]) for t in range(4))
+        rows, cols = changed[0].nonzero(as_tuple=True)
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert changed[0].sum() == box  # a filled rectangle
+        assert 0.02 * 32 * 32 * 0.8 <= box <= 0.34 * 32 * 32
+        inside = erased[:, :, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert torch.equal(inside[:, 0], inside[:, 3])  # the same noise in every frame
+
+
+def test_video_folder_passes_finetune_augmentation(tmp_path):
+    write_video(tmp_path / "a.mp4")
+    data = VideoFolder(
+        tmp_path, img_size=32, num_frames=4, batch_size=1, num_workers=0,
+        rand_augment_ops=4, random_erasing=0.25,
+    )  # fmt: skip
+    data.setup("fit")
+    transform = data.train_dataset.transform
+    assert transform.rand_augment is not None and transform.eraser is not None
+    assert next(iter(data.train_dataloader()))["pixels"].shape == (1, 3, 4, 32, 32)
+    with pytest.raises(ValueError, match="0-10 scale"):
+        VideoClipTransform(32, True, rand_augment_ops=2, rand_augment_magnitude=30)
