@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
-from tiny import CPU_TRAINER
+from tiny import FAST_TRAINER
 
 from mimkit.cli import main
 from mimkit.data import Digits, Synthetic
@@ -32,17 +32,6 @@ TINY_ENCODER = [
     '{"depth": 2}',
     "--model.encoder.init_args.patch_size",
     "8",
-]
-FAST_TRAINER = [
-    *CPU_TRAINER,
-    "--trainer.accumulate_grad_batches",
-    "1",
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.limit_train_batches",
-    "2",
-    "--trainer.limit_val_batches",
-    "1",
 ]
 
 

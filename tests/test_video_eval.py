@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from test_video_data import frame_index, write_video
-from tiny import CPU_TRAINER
+from test_video_weights import official_videomae_layout
+from tiny import FAST_TRAINER
 from torchvision.transforms.v2 import functional as TF
 
 from mimkit.cli import main
@@ -21,17 +22,6 @@ from mimkit.pretrain.video_weights import resample_tubelet, resample_video_pos_e
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 TINY = dict(img_size=32, patch_size=8, attn_backend="math", model_kwargs={"depth": 1})
-FAST = [
-    *CPU_TRAINER,
-    "--trainer.accumulate_grad_batches",
-    "1",
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.limit_train_batches",
-    "2",
-    "--trainer.limit_val_batches",
-    "1",
-]
 
 
 def video_encoder(**kwargs) -> ViTEncoder:
@@ -61,20 +51,8 @@ def test_another_frame_count_and_tubelet_are_resampled(tmp_path):
 
 
 def test_official_videomae_layout_without_pos_embed_gives_the_same_features(tmp_path):
-    kwargs = dict(TINY, model_kwargs={"depth": 2, "class_token": False, "global_pool": "avg"})
-    ours = ViTEncoder("vit_tiny_patch16_224", num_frames=4, video_pos_embed="videomae", **kwargs)
+    ours, official, kwargs = official_videomae_layout()
     ours.eval()
-    with torch.no_grad():
-        for block in ours.blocks:  # VideoMAE has no key bias
-            block.attn.qkv.bias[192:384] = 0
-    official = {}
-    for key, value in ours.state_dict().items():
-        if key.endswith("attn.qkv.bias"):
-            stem = key[: -len("qkv.bias")]
-            official[f"encoder.{stem}q_bias"] = value[:192]
-            official[f"encoder.{stem}v_bias"] = value[384:]
-        elif key != "pos_embed":  # VideoMAE's sinusoid table is not in its state dict
-            official[f"encoder.{key}"] = value
     official["decoder.head.weight"] = torch.zeros(3, 3)
     official["encoder_to_decoder.weight"] = torch.zeros(3, 192)
     path = tmp_path / "checkpoint-1599.pth"
@@ -206,7 +184,7 @@ def video_recipe_args(recipe: Path, ckpt: Path, videos: Path, root: Path) -> lis
             "--model.encoder.init_args.model_kwargs",
             '{"depth": 2, "class_token": false, "global_pool": "avg"}',
         ]  # fmt: skip
-    return [*args, *FAST, "--trainer.default_root_dir", str(root)]
+    return [*args, *FAST_TRAINER, "--trainer.default_root_dir", str(root)]
 
 
 @pytest.mark.parametrize(

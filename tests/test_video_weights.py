@@ -64,7 +64,9 @@ def test_learned_pos_embed_from_an_image_is_repeated_over_time():
     video.load_state_dict(state, strict=True)
 
 
-def test_official_videomae_layout_loads():
+def official_videomae_layout():
+    """A VideoMAE-style encoder (no class token, mean pooling, no key bias) and its weights
+    in the official checkpoint's key layout (split q/v biases, no sinusoid table)."""
     kwargs = dict(TINY, model_kwargs={"depth": 2, "class_token": False, "global_pool": "avg"})
     ours = ViTEncoder("vit_tiny_patch16_224", num_frames=4, video_pos_embed="videomae", **kwargs)
     with torch.no_grad():
@@ -78,6 +80,11 @@ def test_official_videomae_layout_loads():
             official["encoder." + base + "v_bias"] = value[384:]
         elif key != "pos_embed":  # VideoMAE's sinusoid table is not saved
             official["encoder." + key] = value
+    return ours, official, kwargs
+
+
+def test_official_videomae_layout_loads():
+    ours, official, kwargs = official_videomae_layout()
     official["decoder.norm.weight"] = torch.ones(3)
     official["mask_token"] = torch.zeros(1, 1, 3)
     fresh = ViTEncoder("vit_tiny_patch16_224", num_frames=4, video_pos_embed="videomae", **kwargs)

@@ -18,6 +18,19 @@ CPU_TRAINER = [
     "false",
 ]
 
+#: CPU_TRAINER plus one short epoch: two training batches and one validation batch.
+FAST_TRAINER = [
+    *CPU_TRAINER,
+    "--trainer.accumulate_grad_batches",
+    "1",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+]
+
 
 def tiny_encoder(depth: int = 1, patch_size: int = 8, **kwargs: Any) -> ViTEncoder:
     """A ViT-Tiny-wide encoder on 32x32 images with ``depth`` blocks."""
