@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_video_data import frame_index, write_video
-from test_video_weights import official_videomae_layout
+from test_video_weights import TINY, official_videomae_layout
 from tiny import FAST_TRAINER
 from torchvision.transforms.v2 import functional as TF
 
@@ -21,7 +21,6 @@ from mimkit.pretrain.video_weights import resample_tubelet, resample_video_pos_e
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-TINY = dict(img_size=32, patch_size=8, attn_backend="math", model_kwargs={"depth": 1})
 
 
 def video_encoder(**kwargs) -> ViTEncoder:
