@@ -16,6 +16,7 @@ cannot be read. Two pieces turn that into safe batches:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -37,6 +38,25 @@ def sample_name(dataset: Any, index: int) -> str:
     """
     namer = getattr(dataset, "sample_name", None)
     return str(namer(index)) if callable(namer) else f"index {index}"
+
+
+class FileSamples(Dataset):
+    """Base of datasets over ``(path, label)`` samples: their length, and each sample named
+    by its file path in skip reports.
+
+    Args:
+        samples: ``(path, label)`` pairs.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, Any]]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample_name(self, index: int) -> str:
+        """File path of sample ``index``."""
+        return str(self.samples[index][0])
 
 
 class SkipBadSamples(Dataset):

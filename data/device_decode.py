@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
-from .collate import collate_skipping
+from .collate import FileSamples, collate_skipping
 
 __all__ = ["DeviceDecodeCrop", "EncodedImageDataset", "collate_encoded"]
 
@@ -35,7 +34,7 @@ ENCODED = "encoded"
 JPEG_MAGIC = b"\xff\xd8"
 
 
-class EncodedImageDataset(Dataset):
+class EncodedImageDataset(FileSamples):
     """Image file bytes plus their crop box and flip bit, for :class:`DeviceDecodeCrop`.
 
     Args:
@@ -54,16 +53,9 @@ class EncodedImageDataset(Dataset):
         scale: tuple[float, float] = (0.2, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
     ) -> None:
-        self.samples = samples
+        super().__init__(samples)
         self.scale = list(scale)
         self.ratio = list(ratio)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def sample_name(self, index: int) -> str:
-        """File path of sample ``index``."""
-        return self.samples[index][0]
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         path, label = self.samples[index]

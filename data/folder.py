@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from .base import MimDataModule
+from .collate import FileSamples
 from .device_decode import DeviceDecodeCrop, EncodedImageDataset, collate_encoded
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, mae_train_transform
 from .views import ViewPair
@@ -122,7 +123,7 @@ def scan_images(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
     return samples
 
 
-class ImageFileDataset(Dataset):
+class ImageFileDataset(FileSamples):
     """Decodes image files with PIL; an unreadable file gives ``None`` instead of an exception.
 
     Args:
@@ -131,15 +132,8 @@ class ImageFileDataset(Dataset):
     """
 
     def __init__(self, samples: Samples, transform: Callable[[Image.Image], torch.Tensor]) -> None:
-        self.samples = samples
+        super().__init__(samples)
         self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def sample_name(self, index: int) -> str:
-        """File path of sample ``index``."""
-        return self.samples[index][0]
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         path, label = self.samples[index]

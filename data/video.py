@@ -32,7 +32,7 @@ from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as TF
 
 from .base import MimDataModule
-from .collate import collate_skipping
+from .collate import FileSamples, collate_skipping
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .views import ViewPair
 
@@ -372,7 +372,7 @@ class VideoClipTransform:
         return views
 
 
-class VideoClipDataset(Dataset):
+class VideoClipDataset(FileSamples):
     """Decodes a video once and returns ``repeat_aug`` augmented clips of it.
 
     Args:
@@ -412,7 +412,7 @@ class VideoClipDataset(Dataset):
         self.positions = eval_clip_positions(test_clips, sampling)
         self.test_crops = test_crops
         self.views = views
-        self.samples = samples
+        super().__init__(samples)
         self.transform = transform
         self.num_frames = num_frames
         self.sampling_rate = sampling_rate
@@ -420,12 +420,6 @@ class VideoClipDataset(Dataset):
         self.train = transform.train if train is None else train
         self.repeat_aug = repeat_aug
         self.min_frames = num_frames if min_frames is None else min_frames
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def sample_name(self, index: int) -> str:
-        return self.samples[index][0]
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         path, label = self.samples[index]
