@@ -30,6 +30,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from method_overhead import step_fn  # noqa: E402
 from pretrain_throughput import sync  # noqa: E402
 
 from mimkit.pretrain_cli import PretrainCLI  # noqa: E402
@@ -80,13 +81,7 @@ def model_rate(model, datamodule, device: torch.device, steps: int) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
-
-    def step() -> None:
-        with autocast:
-            loss = model.compute_loss(batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    step = step_fn(model, batch, optimizer, autocast)
 
     for _ in range(2):
         step()
