@@ -307,6 +307,7 @@ class Variant:
     resident: int = 0
     error: str | None = None
     last_loss: torch.Tensor | None = None
+    guard: Any = None  # NonfiniteGuard for --nonfinite-check device, made on first use
 
     @property
     def label(self) -> str:
@@ -349,24 +350,25 @@ def train_step(
 ) -> None:
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         loss = v.loss_fn(v.model, x)
-    guard = None
+    device_check = nonfinite == "device" and v.kind == "mimkit"
     if nonfinite == "host" and v.kind == "mimkit":
         bool(torch.isfinite(loss.detach()).all())  # PretrainModule's nonfinite_check="host"
-    elif nonfinite == "device" and v.kind == "mimkit":
-        from mimkit.pretrain.nonfinite import NonfiniteGuard
+    elif device_check:
+        if v.guard is None:
+            from mimkit.pretrain.nonfinite import NonfiniteGuard
 
-        guard = NonfiniteGuard(device)
-        guard.observe_loss(loss)
+            v.guard = NonfiniteGuard(device)
+        v.guard.observe_loss(loss)
     loss.backward()
-    if guard is not None:
-        guard.before_step(v.optimizer)
+    if device_check:
+        v.guard.before_step(v.optimizer)
     v.optimizer.step()
     v.optimizer.zero_grad(set_to_none=True)
     v.last_loss = loss.detach()
 
 
 def free_variant(v: Variant) -> None:
-    v.model = v.optimizer = v.loss_fn = v.last_loss = None
+    v.model = v.optimizer = v.loss_fn = v.last_loss = v.guard = None
     gc.collect()
 
 
