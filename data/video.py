@@ -321,10 +321,10 @@ class VideoClipTransform:
     def __call__(
         self, frames: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
+        video = frames.permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
         if self.train and self.rand_augment is not None:  # one draw for the whole clip
-            frames = self.rand_augment(tv_tensors.Video(frames.permute(0, 3, 1, 2)))
-            frames = frames.as_subclass(torch.Tensor).permute(0, 2, 3, 1)
-        clip = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
+            video = self.rand_augment(tv_tensors.Video(video)).as_subclass(torch.Tensor)
+        clip = video.float().div_(255.0)
         height, width = clip.shape[-2:]
         size = [self.img_size, self.img_size]
         if self.train:
