@@ -56,7 +56,7 @@ def report(
     pretrained encoder, then (``include_random``) the same architecture randomly initialized."""
     raw = ckpt if isinstance(ckpt, RawCheckpoint) else read_checkpoint(ckpt)
     torch.manual_seed(seed)
-    random_encoder = build_encoder(raw.meta, raw.path)
+    random_encoder = build_encoder(raw.meta, raw.path) if include_random else None
     pretrained = build_encoder(raw.meta, raw.path)
     load_encoder_state(pretrained, raw)
     img_size = pretrained.patch_embed.img_size[0]
@@ -77,7 +77,7 @@ def report(
     rows: list[dict[str, object]] = []
     method = str(raw.meta.get("method", "checkpoint"))
     encoders = [(f"{method} pretrained", pretrained)]
-    if include_random:
+    if random_encoder is not None:
         encoders.append(("random init", random_encoder))
     for name, encoder in encoders:
         for pool in pools:
