@@ -184,6 +184,7 @@ class ShardStream(IterableDataset):
             samples = wds.shuffle(self.shuffle_buffer, initial, rng=rng)(samples)
         quota = self._quota(worker, num_workers)
         served = 0
+        held: dict[str, Any] | None = None  # one sample held back, to carry trailing failures
         for raw in samples:
             if quota is not None and served >= quota:
                 break
@@ -191,11 +192,24 @@ class ShardStream(IterableDataset):
             if sample is None:
                 failures.append(f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}")
                 continue
-            if failures:
-                sample[NUM_SKIPPED], sample[SKIPPED_PATHS] = len(failures), failures
-                failures = []
             served += 1
-            yield sample
+            if held is not None:
+                yield self._with_failures(held, failures)
+            held = sample
+        if held is not None:
+            yield self._with_failures(held, failures)
+        elif failures:
+            log.warning(
+                "Worker %d of rank %d served no sample: %s", worker, self.rank, failures[:5]
+            )
+
+    @staticmethod
+    def _with_failures(sample: dict[str, Any], failures: list[str]) -> dict[str, Any]:
+        """``sample`` carrying (and ``failures`` emptied of) the failures seen so far."""
+        if failures:
+            sample[NUM_SKIPPED], sample[SKIPPED_PATHS] = len(failures), list(failures)
+            failures.clear()
+        return sample
 
     def decode(self, raw: dict[str, Any]) -> dict[str, Any] | None:
         """``{"pixels": (3, S, S), "label"?}`` of a raw tar sample, ``None`` when unreadable."""
