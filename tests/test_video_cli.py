@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tiny import CPU_TRAINER
+from tiny import CPU_TRAINER, FAST_TRAINER
 
 from mimkit.cli import main
 
@@ -18,16 +18,9 @@ def test_videomae_quickstart_writes_strip_and_gif(tmp_path):
         "fit",
         "--config",
         str(ROOT / "recipes/quickstart/videomae_moving_digits.yaml"),
+        *FAST_TRAINER,
         "--trainer.default_root_dir",
         str(tmp_path),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.limit_val_batches",
-        "1",
-        "--trainer.enable_progress_bar",
-        "false",
         "--model.encoder.init_args.model_kwargs",
         '{"depth": 1, "class_token": false, "global_pool": "avg"}',
         "--data.batch_size",
