@@ -496,8 +496,8 @@ class VideoFolder(MimDataModule):
     Batches: ``{"pixels": (B, 3, num_frames, img_size, img_size) float, "label": (B,) long}``
     (``"label"`` for labeled sources). ``batch_size`` counts decoded videos: with
     ``repeat_aug = N`` a training batch holds ``batch_size * N`` clips, clip ``b * N + n``
-    from video ``b``. Methods count the repeats in the effective batch (the learning rate
-    scales with clips, as in MAE-ST) through ``PretrainModule.samples_per_input``.
+    from video ``b``. The learning rate scales with videos, not clips (MAE-ST's official
+    code: ``eff_batch_size = batch_size * accum_iter * world_size`` in videos).
 
     Args:
         root: Training source: class folder, flat folder or ``path label`` list.

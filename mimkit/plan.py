@@ -4,7 +4,8 @@ Memory per GPU is modelled as ``static + batch * per_sample``:
 
 - ``static``: parameters, gradients and AdamW's two moments (all fp32 under any
   ``*-mixed`` precision: 16 bytes per trainable parameter, 4 per frozen one).
-- ``per_sample``: the bytes autograd saves for backward for one sample, counted by
+- ``per_sample``: the bytes autograd saves for backward for one loaded input (an image
+  with its ``mask_repeats``, a video with its ``repeat_aug`` clips), counted by
   running the method's real loss on small batches with ``saved_tensors_hooks`` (unique
   storages, parameters excluded), under the recipe's autocast dtype. With activation
   checkpointing only block inputs are saved, plus one block's activations while it
@@ -176,10 +177,14 @@ def _recipe_objects(config: str, overrides: Sequence[str]):
 
 
 def _make_batch_fn(datamodule, in_chans: int = 3) -> Callable[[int], dict]:
+    """``batch_size`` loaded inputs as the model receives them (a video's ``repeat_aug``
+    clips included), so that memory and FLOPs are counted per loaded input."""
     size = int(getattr(datamodule, "img_size", 224))
     frames = getattr(datamodule, "num_frames", None)
+    clips_per_video = int(getattr(datamodule, "repeat_aug", 1) or 1) if frames else 1
 
-    def make(batch_size: int) -> dict:
+    def make(inputs: int) -> dict:
+        batch_size = inputs * clips_per_video
         shape = (
             (batch_size, in_chans, frames, size, size)
             if frames
@@ -244,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, datamodule, trainer_cfg = _recipe_objects(args.config, overrides)
     precision = str(trainer_cfg.get("precision", "32-true"))
     autocast_dtype = torch.bfloat16 if precision.startswith("bf16") else None
-    recipe_batch = int(getattr(datamodule, "batch_size", 1)) * model.samples_per_input()
+    recipe_batch = int(getattr(datamodule, "batch_size", 1))  # loaded inputs, as the lr rule
     devices = trainer_cfg.get("devices", 1)
     devices = devices if isinstance(devices, int) else args.gpus
     nodes = int(trainer_cfg.get("num_nodes", 1))

@@ -265,14 +265,18 @@ class PretrainModule(L.LightningModule):
         return int(size)
 
     def samples_per_input(self) -> int:
-        """Training samples made from one loaded input (``mask_repeats`` in MAE)."""
+        """Training samples made from one loaded input (``mask_repeats`` in MAE, the
+        ``repeat_aug`` clips of a video): what the model's memory and FLOPs scale with."""
         return 1
 
     def effective_batch_size(self) -> int:
-        """``batch x repeats x devices x nodes x accumulation``."""
+        """Loaded inputs per optimizer step: ``batch x devices x nodes x accumulation``.
+
+        Repeats drawn from one input (:meth:`samples_per_input`) are not counted, as in
+        MAE-ST's official code, whose lr rule counts videos, not their repeated clips.
+        """
         trainer = self.trainer
-        per_device = self.per_device_batch_size() * self.samples_per_input()
-        return per_device * trainer.world_size * trainer.accumulate_grad_batches
+        return self.per_device_batch_size() * trainer.world_size * trainer.accumulate_grad_batches
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups; a group's ``lr_scale`` key multiplies its lr."""
@@ -287,9 +291,9 @@ class PretrainModule(L.LightningModule):
             factor = effective / 256
             rank_zero_info(
                 f"effective batch {effective} = {self.per_device_batch_size()} per device x "
-                f"{self.samples_per_input()} repeats x "
                 f"{self.trainer.world_size} devices x {self.trainer.accumulate_grad_batches} "
-                f"accumulation; lr = base_lr x {effective}/256 = "
+                f"accumulation (not counting {self.samples_per_input()} repeats per input); "
+                f"lr = base_lr x {effective}/256 = "
                 f"{optimizer.defaults['lr'] * factor:.3g}"
             )
         for group in optimizer.param_groups:

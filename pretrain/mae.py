@@ -33,9 +33,10 @@ class MAE(PretrainModule):
         decoder_depth: decoder blocks (8).
         decoder_heads: decoder attention heads (16).
         norm_pix_loss: regress per-patch normalized pixels (the paper's best setting).
-        mask_repeats: in training, each loaded image is used this many times with
-            different masks (as MAE-ST's repeated sampling), so one decode feeds several
-            samples; the effective batch for the learning-rate rule counts them.
+        mask_repeats: in training, each loaded image is used this many times, each with
+            its own mask (the same crop: unlike MAE-ST's repeated sampling, no new
+            augmentation), so one decode feeds several samples; like MAE-ST's repeats, they
+            are not counted in the effective batch of the learning-rate rule.
         **kwargs: optimizer, schedule and stability settings of :class:`PretrainModule`.
     """
 

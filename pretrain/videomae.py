@@ -241,6 +241,8 @@ class VideoMAE(PretrainModule):
         }
 
     def samples_per_input(self) -> int:
-        """Clips per loaded video: the datamodule's ``repeat_aug`` (MAE-ST repeated sampling)."""
+        """Clips per loaded video: the datamodule's ``repeat_aug`` (MAE-ST repeated sampling).
+
+        They multiply the samples the model sees, not the lr's effective batch."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         return int(getattr(datamodule, "repeat_aug", 1) or 1)

@@ -61,3 +61,15 @@ def test_plan_command_on_the_quickstart_recipe(capsys):
     out = capsys.readouterr().out
     assert "per-GPU batch: 32" in out and "accumulation: 1" in out  # 64 = 2 GPUs x 32
     assert "expected optimizer-step time" in out
+
+
+def test_plan_counts_per_loaded_video_with_its_repeated_clips():
+    from types import SimpleNamespace
+
+    from mimkit.plan import _make_batch_fn
+
+    videos = SimpleNamespace(img_size=16, num_frames=4, repeat_aug=3, batch_size=2)
+    batch = _make_batch_fn(videos)(2)
+    assert batch["pixels"].shape == (6, 3, 4, 16, 16) and batch["label"].shape == (6,)
+    images = SimpleNamespace(img_size=16, repeat_aug=3)  # repeats apply to clips only
+    assert _make_batch_fn(images)(2)["pixels"].shape == (2, 3, 16, 16)

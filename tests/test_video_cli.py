@@ -94,9 +94,9 @@ def test_mae_st_recipe_on_real_videos_with_repeated_sampling(tmp_path):
     assert main(args) == 0
     ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
-    # effective batch = 2 videos x 2 clips: lr = 1.6e-3 x 4 / 256
+    # effective batch = 2 videos (their 2 clips each are not counted): lr = 1.6e-3 x 2 / 256
     base_lr = ckpt["lr_schedulers"][0]["base_lrs"][0]
-    assert abs(base_lr - 1.6e-3 * 4 / 256) < 1e-12
+    assert abs(base_lr - 1.6e-3 * 2 / 256) < 1e-12
 
 
 def test_a_frame_count_mismatch_is_one_clear_error(tmp_path, capsys):
