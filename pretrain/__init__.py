@@ -5,7 +5,15 @@ from .base import PretrainModule, default_adamw, ema_update, momentum_at, warmup
 from .decoder import MAEDecoder
 from .encoder import ViTEncoder, gather_tokens
 from .mae import MAE
-from .masking import BlockMasking, Mask, MaskGenerator, RandomMasking, block_mask, random_mask
+from .masking import (
+    BlockMasking,
+    Mask,
+    MaskGenerator,
+    RandomMasking,
+    block_mask,
+    random_cell_mask,
+    random_mask,
+)
 from .patches import normalize_patches, patchify, unpatchify
 from .preview import ReconstructionPreview
 
@@ -27,6 +35,7 @@ __all__ = [
     "momentum_at",
     "normalize_patches",
     "patchify",
+    "random_cell_mask",
     "random_mask",
     "unpatchify",
     "use_backend",
@@ -38,7 +47,7 @@ __all__ = [
 from .masking import (  # noqa: E402
     RunningCellMasking,
     TubeMasking,
-    decoder_targets,
+    dual_mask_queries,
     running_cell_mask,
     tube_mask,
 )
@@ -48,7 +57,7 @@ __all__ += [
     "RunningCellMasking",
     "TubeMasking",
     "VideoMAE",
-    "decoder_targets",
+    "dual_mask_queries",
     "running_cell_mask",
     "tube_mask",
 ]

@@ -58,7 +58,9 @@ def weight_decay_groups(
     """Splits trainable parameters into a decayed and a non-decayed group.
 
     No weight decay for 1-D parameters (norms, biases), position embeddings and
-    learned tokens (class, register, mask tokens), as in MAE and timm.
+    learned tokens (class, register, mask tokens), as VideoMAE, CMAE and timm's
+    ``no_weight_decay`` lists do. MAE's, CAE's and ViC-MAE's official code skip only 1-D
+    parameters and so decay their ``(1, 1, D)`` tokens: a few thousand values, left out here.
 
     Args:
         named_params: ``(name, parameter)`` pairs.

@@ -18,7 +18,7 @@ from .encoder import ViTEncoder, gather_tokens, mae_init_weights
 from .masking import BlockMasking, Mask, MaskGenerator
 from .patches import normalize_patches, patchify, unpatchify
 from .pos_embed import sincos_2d
-from .regressor import LatentRegressor
+from .regressor import LatentRegressor, linear_drop_path_rates
 from .targets import PixelTarget, ReconstructionTarget
 
 __all__ = ["CAE", "CAEDecoder"]
@@ -34,6 +34,8 @@ class CAEDecoder(nn.Module):
         num_heads: attention heads.
         init_values: layer-scale initial value (CAE: 0.1).
         attn_backend: attention kernel, as for the encoder.
+        drop_path_rate: stochastic depth, linearly from 0 at the first block to this rate
+            at the last (CAE: the encoder's rate, 0.1).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class CAEDecoder(nn.Module):
         num_heads: int = 12,
         init_values: float | None = 0.1,
         attn_backend: AttentionBackend = "auto",
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)
@@ -54,10 +57,11 @@ class CAEDecoder(nn.Module):
                     num_heads,
                     qkv_bias=True,
                     init_values=init_values,
+                    drop_path=rate,
                     norm_layer=norm,
                     mlp_layer=Mlp,
                 )
-                for _ in range(depth)
+                for rate in linear_drop_path_rates(drop_path_rate, depth)
             ]
         )
         self.norm = norm(dim)
@@ -93,6 +97,9 @@ class CAE(PretrainModule):
         decoder_depth: decoder blocks (4).
         num_heads: heads of regressor and decoder; ``None`` takes the encoder's.
         layer_scale: layer-scale initial value of regressor and decoder (0.1).
+        regressor_drop_path_rate: stochastic depth of the regressor blocks, linearly from 0
+            to this rate over its depth (official CAE: the encoder's ``--drop_path``, 0.1).
+        decoder_drop_path_rate: the same for the decoder blocks (official: also 0.1).
         align_weight: weight of the alignment loss (the paper's lambda = 2).
         alignment_encoder: ``online`` (the same encoder under ``no_grad``) or ``ema``
             (a momentum copy updated with the base's ``ema_momentum`` schedule).
@@ -108,6 +115,8 @@ class CAE(PretrainModule):
         decoder_depth: int = 4,
         num_heads: int | None = None,
         layer_scale: float | None = 0.1,
+        regressor_drop_path_rate: float = 0.0,
+        decoder_drop_path_rate: float = 0.0,
         align_weight: float = 2.0,
         alignment_encoder: Literal["online", "ema"] = "online",
         **kwargs: Any,
@@ -124,7 +133,13 @@ class CAE(PretrainModule):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.mask_token, std=0.02)
         self.register_buffer("pos_embed", sincos_2d(encoder.grid_size, dim)[None], persistent=False)
-        self.regressor = LatentRegressor(dim, regressor_depth, heads, init_values=layer_scale)
+        self.regressor = LatentRegressor(
+            dim,
+            regressor_depth,
+            heads,
+            init_values=layer_scale,
+            drop_path_rate=regressor_drop_path_rate,
+        )
         self.decoder = CAEDecoder(
             dim,
             target.out_dim(encoder.patch_size, encoder.in_chans),
@@ -132,6 +147,7 @@ class CAE(PretrainModule):
             heads,
             init_values=layer_scale,
             attn_backend=encoder.attn_backend,
+            drop_path_rate=decoder_drop_path_rate,
         )
         self.alignment_encoder: ViTEncoder | None = None
         if alignment_encoder == "ema":

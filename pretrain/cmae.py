@@ -56,7 +56,9 @@ class CMAE(MAE):
 
     Args:
         encoder: the shared ViT encoder.
-        masking: mask generator (random, 65% as in the paper).
+        masking: mask generator; by default the official one, 65% of aligned 2 x 2 cells
+            of patches (``RandomMasking(0.65, cell_size=2)``: 32 of 49 cells, so 128 of
+            196 patches, at 224 px / 16); the patch grid must then have even sides.
         decoder_dim: width of both decoders (512).
         decoder_depth: pixel decoder blocks (8).
         decoder_heads: attention heads of both decoders (16).
@@ -75,7 +77,7 @@ class CMAE(MAE):
     def __init__(
         self,
         encoder: ViTEncoder,
-        masking: MaskGenerator = lazy_instance(RandomMasking, mask_ratio=0.65),  # noqa: B008
+        masking: MaskGenerator = lazy_instance(RandomMasking, mask_ratio=0.65, cell_size=2),  # noqa: B008
         decoder_dim: int = 512,
         decoder_depth: int = 8,
         decoder_heads: int = 16,
@@ -93,6 +95,7 @@ class CMAE(MAE):
         )
         if getattr(self, "mask_repeats", 1) != 1:
             raise ValueError("CMAE pairs views per image; mask_repeats must be 1")
+        masking.num_visible(encoder.grid_size)  # fails now on a grid the cells cannot tile
         self.temperature = temperature
         self.contrastive_weight = contrastive_weight
         self.target_final_norm = target_final_norm

@@ -117,15 +117,16 @@ class MAEDecoder(nn.Module):
         return x
 
     def forward_subset(self, latent: Tensor, ids_keep: Tensor, ids_query: Tensor) -> Tensor:
-        """Predicts a subset of the masked patches; the other masked positions are dropped.
+        """Predicts the patches at ``ids_query``; the other masked positions are dropped.
 
         The decoder sees the prefix tokens, the visible latents at their positions and one
-        mask token per queried position, nothing else (VideoMAE V2 decoder masking).
+        mask token per queried position, nothing else (VideoMAE V2 decoder masking; a
+        queried position may also hold a visible latent, as in V2's code).
 
         Args:
             latent: ``(B, P + N_keep, D)`` encoder output, prefix tokens first.
             ids_keep: ``(B, N_keep)`` positions of the visible latents.
-            ids_query: ``(B, K)`` masked positions to reconstruct.
+            ids_query: ``(B, K)`` positions to reconstruct.
 
         Returns:
             ``(B, K, out_dim)`` predictions for ``ids_query``, in its order.

@@ -21,10 +21,11 @@ __all__ = [
     "BlockMasking",
     "mask_from_scores",
     "random_mask",
+    "random_cell_mask",
     "block_mask",
     "tube_mask",
     "running_cell_mask",
-    "decoder_targets",
+    "dual_mask_queries",
     "TubeMasking",
     "RunningCellMasking",
 ]
@@ -103,6 +104,82 @@ def random_mask(
         device = generator.device
     noise = torch.rand(batch_size, num_tokens, device=device, generator=generator)
     return mask_from_scores(noise, num_masked_tokens(num_tokens, mask_ratio))
+
+
+def cell_grid_size(grid_size: tuple[int, ...], cell_size: int) -> tuple[int, ...]:
+    """The grid of ``cell x cell`` cells: ``(..., H, W) -> (..., H / cell, W / cell)``.
+
+    Cells tile the last two axes only; leading axes (time) are kept as they are.
+
+    Raises:
+        ValueError: ``cell_size < 1``, or ``H`` or ``W`` not divisible by it.
+    """
+    if cell_size < 1:
+        raise ValueError(f"cell_size must be >= 1, got {cell_size}")
+    if cell_size == 1:
+        return tuple(grid_size)
+    if len(grid_size) < 2:
+        raise ValueError(f"cell_size {cell_size} needs an (..., H, W) grid, got {tuple(grid_size)}")
+    *lead, height, width = grid_size
+    if height % cell_size or width % cell_size:
+        raise ValueError(
+            f"token grid {tuple(grid_size)} is not divisible into {cell_size}x{cell_size} "
+            f"cells: H={height} and W={width} must both be multiples of {cell_size}"
+        )
+    return (*lead, height // cell_size, width // cell_size)
+
+
+def expand_cells(cells: Tensor, grid_size: tuple[int, ...], cell_size: int) -> Tensor:
+    """Copies each cell's value onto its ``cell x cell`` tokens.
+
+    Args:
+        cells: ``(B, L * H/c * W/c)``, cells numbered row-major over ``cell_grid_size``.
+        grid_size: ``(..., H, W)`` token grid, ``L`` the product of the leading axes.
+        cell_size: ``c``.
+
+    Returns:
+        ``(B, L * H * W)`` in token order ``l * H * W + h * W + w``.
+    """
+    height, width = grid_size[-2:]
+    rows, cols = height // cell_size, width // cell_size
+    grouped = cells.view(cells.shape[0], -1, rows, 1, cols, 1)
+    return grouped.expand(-1, -1, -1, cell_size, -1, cell_size).reshape(cells.shape[0], -1)
+
+
+def mask_from_bool(mask: Tensor, num_masked: int) -> Mask:
+    """A :class:`Mask` from a ``(B, N)`` bool with exactly ``num_masked`` ``True`` per row."""
+    return mask_from_scores(mask.float(), num_masked)
+
+
+def random_cell_mask(
+    batch_size: int,
+    grid_size: tuple[int, ...],
+    mask_ratio: float,
+    cell_size: int = 2,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Mask:
+    """Random masking of aligned ``cell x cell`` groups of tokens (CMAE uses 2 x 2).
+
+    MAE's count rule is applied to the cells, ``num_masked_tokens(C, mask_ratio)`` of the
+    ``C = N / cell**2`` cells are masked, and every cell is then entirely masked or entirely
+    visible. For ``cell_size=1`` this is :func:`random_mask`, draw for draw.
+
+    Args:
+        batch_size: ``B``.
+        grid_size: ``(..., H, W)`` token grid; cells tile ``(H, W)``, tokens are numbered
+            row-major (``h * W + w`` in 2D).
+        mask_ratio: fraction of cells (so of tokens) to mask.
+        cell_size: side of the square cell; must divide ``H`` and ``W``.
+        device: where the mask is made (the generator's device when one is given).
+        generator: optional seeded generator.
+    """
+    cells = cell_grid_size(grid_size, cell_size)
+    cell_mask = random_mask(batch_size, math.prod(cells), mask_ratio, device, generator)
+    if cell_size == 1:
+        return cell_mask
+    hidden = expand_cells(cell_mask.mask, grid_size, cell_size)
+    return mask_from_bool(hidden, cell_mask.num_masked * cell_size**2)
 
 
 def block_mask(
@@ -197,21 +274,35 @@ class MaskGenerator:
 
 
 class RandomMasking(MaskGenerator):
-    """Uniform random masking over all tokens (MAE, MAE-ST space-time random).
+    """Uniform random masking (MAE, MAE-ST space-time random; CMAE with 2 x 2 cells).
+
+    With ``cell_size > 1`` the mask is drawn over aligned ``cell x cell`` groups of
+    tokens in ``(H, W)`` (see :func:`random_cell_mask`); the grid must divide evenly.
 
     Args:
-        mask_ratio: fraction of tokens to mask.
+        mask_ratio: fraction of tokens (cells) to mask.
+        cell_size: side of the square cell masked as one unit (1: single tokens).
     """
 
-    def __init__(self, mask_ratio: float = 0.75) -> None:
+    def __init__(self, mask_ratio: float = 0.75, cell_size: int = 1) -> None:
         num_masked_tokens(1, mask_ratio)
+        if cell_size < 1:
+            raise ValueError(f"cell_size must be >= 1, got {cell_size}")
         self.mask_ratio = mask_ratio
+        self.cell_size = cell_size
 
     def __call__(self, batch_size, grid_size, device=None, generator=None) -> Mask:
-        return random_mask(batch_size, math.prod(grid_size), self.mask_ratio, device, generator)
+        return random_cell_mask(
+            batch_size, tuple(grid_size), self.mask_ratio, self.cell_size, device, generator
+        )
+
+    def num_visible(self, grid_size: tuple[int, ...]) -> int:
+        num_cells = math.prod(cell_grid_size(grid_size, self.cell_size))
+        visible_cells = num_cells - num_masked_tokens(num_cells, self.mask_ratio)
+        return visible_cells * self.cell_size**2
 
     def __repr__(self) -> str:
-        return f"RandomMasking(mask_ratio={self.mask_ratio})"
+        return f"RandomMasking(mask_ratio={self.mask_ratio}, cell_size={self.cell_size})"
 
 
 class BlockMasking(MaskGenerator):
@@ -266,8 +357,9 @@ def tube_mask(
 ) -> Mask:
     """Tube masking (VideoMAE): one random spatial mask shared by every time step.
 
-    Each sample masks ``num_masked_tokens(H * W, mask_ratio)`` spatial positions, and
-    the same positions in all ``T`` time steps, so ``T`` times that many tokens.
+    Each sample masks ``int(mask_ratio * H * W)`` spatial positions (VideoMAE's
+    ``TubeMaskingGenerator`` count, one fewer than MAE's rule at some ratios), and the same
+    positions in all ``T`` time steps, so ``T`` times that many tokens.
 
     Args:
         batch_size: ``B``.
@@ -281,8 +373,14 @@ def tube_mask(
     frames, height, width = grid_size
     noise = torch.rand(batch_size, 1, height * width, device=device, generator=generator)
     scores = noise.expand(-1, frames, -1).reshape(batch_size, frames * height * width)
-    per_frame = num_masked_tokens(height * width, mask_ratio)
+    per_frame = tube_masked_per_frame(height * width, mask_ratio)
     return mask_from_scores(scores, per_frame * frames)
+
+
+def tube_masked_per_frame(spatial_tokens: int, mask_ratio: float) -> int:
+    """Masked positions per frame of a tube mask, as VideoMAE: ``int(ratio * H * W)``."""
+    num_masked_tokens(1, mask_ratio)  # validates the ratio
+    return int(mask_ratio * spatial_tokens)
 
 
 def running_cell_mask(
@@ -328,34 +426,24 @@ def running_cell_mask(
     return mask_from_scores(scores, num_masked_tokens(frames * height * width, mask_ratio))
 
 
-def decoder_targets(
-    encoder_mask: Mask, decoder_mask: Mask, generator: torch.Generator | None = None
-) -> Tensor:
-    """Masked tokens the decoder reconstructs under dual masking (VideoMAE V2).
+def dual_mask_queries(encoder_mask: Mask, decoder_mask: Mask) -> tuple[Tensor, Tensor]:
+    """Decoder queries and scored tokens under dual masking (VideoMAE V2).
 
-    The decoder processes the encoder-masked tokens that its own mask leaves visible.
-    So that every sample has the same count, exactly
-    ``K = N_mask - num_masked_tokens(N_mask, decoder_ratio)`` encoder-masked tokens are
-    taken, with ``decoder_ratio`` the decoder mask's fraction of hidden tokens: the
-    decoder-visible ones first, in random order, then (where a sample has fewer than
-    ``K`` of those) other masked tokens.
+    As VideoMAE V2's code: the decoder gets one mask token at every position its own mask
+    leaves visible (next to the visible latents), and the loss scores only those of them
+    that the encoder masked. Decoder-visible positions that the encoder saw are decoded
+    too but not scored.
 
     Args:
         encoder_mask: the encoder's mask over ``N`` tokens.
         decoder_mask: the decoder's mask over the same ``N`` tokens.
-        generator: optional seeded generator for the random ranking.
 
     Returns:
-        ``(B, K)`` ascending token indices, a subset of ``encoder_mask.ids_masked``.
+        ``(B, K)`` ascending decoder-visible token indices (``K`` is the decoder mask's
+        visible count) and ``(B, K)`` bool, true where the encoder masked the token.
     """
-    batch, num_tokens = encoder_mask.mask.shape
-    device = encoder_mask.mask.device
-    num_masked = encoder_mask.num_masked
-    decoder_ratio = decoder_mask.num_masked / num_tokens
-    keep = num_masked - num_masked_tokens(num_masked, decoder_ratio)
-    noise = torch.rand(batch, num_tokens, device=device, generator=generator)
-    scores = 2.0 * encoder_mask.mask.float() + (~decoder_mask.mask).float() + 0.5 * noise
-    return torch.topk(scores, keep, dim=1).indices.sort(dim=1).values
+    ids_query = decoder_mask.ids_keep
+    return ids_query, encoder_mask.mask.gather(1, ids_query)
 
 
 class TubeMasking(MaskGenerator):
@@ -376,7 +464,7 @@ class TubeMasking(MaskGenerator):
 
     def num_visible(self, grid_size: tuple[int, ...]) -> int:
         frames, spatial = grid_size[0], math.prod(grid_size[1:])
-        return frames * (spatial - num_masked_tokens(spatial, self.mask_ratio))
+        return frames * (spatial - tube_masked_per_frame(spatial, self.mask_ratio))
 
     def __repr__(self) -> str:
         return f"TubeMasking(mask_ratio={self.mask_ratio})"

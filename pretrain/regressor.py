@@ -11,7 +11,12 @@ from torch import Tensor, nn
 
 from .encoder import mae_init_weights
 
-__all__ = ["CrossAttention", "RegressorBlock", "LatentRegressor"]
+__all__ = ["CrossAttention", "RegressorBlock", "LatentRegressor", "linear_drop_path_rates"]
+
+
+def linear_drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Per-block stochastic depth ``linspace(0, rate, depth)``, as BEiT and CAE."""
+    return [rate * i / max(1, depth - 1) for i in range(depth)]
 
 
 class CrossAttention(nn.Module):
@@ -119,9 +124,9 @@ class LatentRegressor(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        rates = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            RegressorBlock(dim, num_heads, mlp_ratio, init_values, rate) for rate in rates
+            RegressorBlock(dim, num_heads, mlp_ratio, init_values, rate)
+            for rate in linear_drop_path_rates(drop_path_rate, depth)
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.apply(mae_init_weights)

@@ -3,6 +3,7 @@ and VideoMAE V2 dual masking (Wang et al. 2023), one module with their options."
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from torch import Tensor
 from .base import PretrainModule
 from .decoder import MAEDecoder
 from .encoder import ViTEncoder, gather_tokens
-from .masking import Mask, MaskGenerator, TubeMasking, decoder_targets
+from .masking import Mask, MaskGenerator, TubeMasking, dual_mask_queries
 from .patches import normalize_patches
 
 __all__ = ["VideoMAE", "normalize_tubelets", "patchify_video", "unpatchify_video"]
@@ -70,6 +71,24 @@ def normalize_tubelets(
     return ((x - mean) / std).flatten(-2), mean, std
 
 
+def predicted_frames_per_token(num_frames: int, tubelet_size: int, pred_frames: int | None) -> int:
+    """Frames each token regresses: ``tubelet_size``, or ``tubelet_size * pred_frames / T``.
+
+    Raises:
+        ValueError: if ``pred_frames`` does not give a whole number of frames per token.
+    """
+    if pred_frames is None:
+        return tubelet_size
+    per_token, remainder = divmod(tubelet_size * pred_frames, num_frames)
+    if not 1 <= pred_frames <= num_frames or remainder or per_token < 1:
+        raise ValueError(
+            f"pred_frames={pred_frames} does not give a whole number of regressed frames per "
+            f"token for {num_frames}-frame clips and tubelets of {tubelet_size}: use a "
+            f"multiple of {num_frames // math.gcd(num_frames, tubelet_size)} up to {num_frames}"
+        )
+    return per_token
+
+
 class VideoMAE(PretrainModule):
     """VideoMAE / MAE-ST: encode the few visible tube patches, regress the masked ones.
 
@@ -86,12 +105,13 @@ class VideoMAE(PretrainModule):
       ``video_pos_embed: separable``, ``tubelet_size: 2``, decoder depth 4,
       ``norm_per_channel=False`` (MAE's per-patch normalization).
     * VideoMAE V2 dual masking: ``decoder_masking=RunningCellMasking(0.5)``; the decoder
-      then processes only the visible latents plus the decoder-visible subset of the
-      masked tokens (:func:`~mimkit.pretrain.masking.decoder_targets`) and the loss covers
-      exactly that subset.
+      then processes only the visible latents plus a mask token at each decoder-visible
+      position, and the loss covers those the encoder masked
+      (:func:`~mimkit.pretrain.masking.dual_mask_queries`).
 
-    Targets are built from the normalized input clip; per-patch normalization makes them
-    independent of the data's per-channel mean and std (up to ``eps``).
+    Targets are built from the normalized input clip; per-channel tube normalization makes
+    them independent of the data's per-channel mean and std (up to ``eps``), whole-tube
+    normalization only when mean and std are the same for every channel.
 
     Args:
         encoder: the shared ViT encoder, built with ``num_frames``.
@@ -104,6 +124,10 @@ class VideoMAE(PretrainModule):
             ``False`` normalizes the whole flattened tube (MAE, MAE-ST).
         decoder_masking: VideoMAE V2 decoder mask generator; ``None`` decodes every
             masked token.
+        pred_frames: MAE-ST's ``pred_t_dim``: regress only these frames of the clip, at
+            ``linspace(0, T - 1, pred_frames)`` (8 of 16: frames 0, 2, ..., 12, 15), so each
+            token predicts ``tubelet_size * pred_frames / T`` frames; ``None`` regresses
+            every frame of its tube (VideoMAE).
         **kwargs: optimizer, schedule and stability settings of :class:`PretrainModule`.
     """
 
@@ -117,11 +141,16 @@ class VideoMAE(PretrainModule):
         norm_pix_loss: bool = True,
         norm_per_channel: bool = True,
         decoder_masking: MaskGenerator | None = None,
+        pred_frames: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if not encoder.is_video:
             raise ValueError("VideoMAE needs a video encoder: set the encoder's num_frames")
+        self.pred_frames = pred_frames
+        self.pred_tubelet = predicted_frames_per_token(
+            encoder.num_frames, encoder.tubelet_size, pred_frames
+        )
         self.encoder = encoder
         self.masking = masking
         self.decoder_masking = decoder_masking
@@ -132,7 +161,7 @@ class VideoMAE(PretrainModule):
         self.decoder = MAEDecoder(
             grid_size=encoder.grid_size,
             encoder_dim=encoder.embed_dim,
-            out_dim=encoder.tubelet_size * encoder.patch_size**2 * encoder.in_chans,
+            out_dim=self.pred_tubelet * encoder.patch_size**2 * encoder.in_chans,
             num_prefix_tokens=encoder.num_prefix_tokens,
             dim=decoder_dim,
             depth=decoder_depth,
@@ -159,14 +188,20 @@ class VideoMAE(PretrainModule):
         """Draws the encoder mask over the ``(T', H', W')`` token grid."""
         return self.masking(batch_size, self.encoder.grid_size, self.device, generator)
 
-    def decoder_queries(self, mask: Mask, generator: torch.Generator | None = None) -> Tensor:
-        """``(B, K)`` masked tokens to reconstruct: all of them, or V2's decoder-visible subset."""
+    def decoder_queries(
+        self, mask: Mask, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Tokens to decode ``(B, K)`` and which of them the loss scores (``None``: all).
+
+        Without decoder masking: every masked token, all scored. With it (VideoMAE V2):
+        every decoder-visible token, scored where the encoder masked it.
+        """
         if self.decoder_masking is None:
-            return mask.ids_masked
+            return mask.ids_masked, None
         decoder_mask = self.decoder_masking(
             mask.mask.shape[0], self.encoder.grid_size, self.device, generator
         )
-        return decoder_targets(mask, decoder_mask, generator)
+        return dual_mask_queries(mask, decoder_mask)
 
     def encode(self, video: Tensor, mask: Mask) -> Tensor:
         """``(B, C, T, H, W) -> (B, P + N_keep, D)`` latents of the visible tubes."""
@@ -175,8 +210,8 @@ class VideoMAE(PretrainModule):
     def decode(self, latent: Tensor, mask: Mask, ids_query: Tensor) -> Tensor:
         """``(B, P + N_keep, D) -> (B, K, t * p * p * C)`` predictions for ``ids_query``.
 
-        With decoder masking only the queried mask tokens enter the decoder; otherwise all
-        masked positions do and the queried ones are returned.
+        With decoder masking only the queried positions' mask tokens enter the decoder;
+        otherwise all masked positions do and the queried ones are returned.
         """
         if self.decoder_masking is None:
             return self.decoder(latent, mask.ids_restore, ids_query)
@@ -186,7 +221,7 @@ class VideoMAE(PretrainModule):
         """``(B, C, T, H, W) -> (B, N, t * p * p * C)`` regression target, or ``(B, K, ...)``
         for the tubes ``ids`` only (each tube is normalized on its own, so gathering first
         gives the same values for less work)."""
-        patches = patchify_video(video, self.patch_size, self.tubelet_size)
+        patches = patchify_video(self.target_frames(video), self.patch_size, self.pred_tubelet)
         if ids is not None:
             patches = gather_tokens(patches, ids)
         if not self.norm_pix_loss:
@@ -195,19 +230,37 @@ class VideoMAE(PretrainModule):
             return normalize_tubelets(patches, video.shape[1])[0]
         return normalize_patches(patches)[0]
 
-    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        """Mean squared error over the reconstructed tubes, both ``(B, K, t * p * p * C)``."""
-        return (pred.float() - target.float()).pow(2).mean()
+    def target_frames(self, video: Tensor) -> Tensor:
+        """``(B, C, T, H, W) -> (B, C, T_pred, H, W)``: the frames the decoder regresses."""
+        if self.pred_frames is None:
+            return video
+        frames = torch.linspace(0, video.shape[2] - 1, self.pred_frames, device=video.device)
+        return video.index_select(2, frames.long())
+
+    def loss(self, pred: Tensor, target: Tensor, scored: Tensor | None = None) -> Tensor:
+        """Mean squared error over the scored tubes.
+
+        Args:
+            pred: ``(B, K, t * p * p * C)`` predictions.
+            target: the same shape.
+            scored: ``(B, K)`` bool, the tubes to count (``None``: all); the mean is over
+                all scored tubes of the batch, as VideoMAE V2's code.
+        """
+        error = (pred.float() - target.float()).pow(2)
+        if scored is None:
+            return error.mean()
+        weight = scored.to(error.dtype)
+        return (error.mean(dim=-1) * weight).sum() / weight.sum().clamp_min(1.0)
 
     def compute_loss(
         self, batch: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
         video = batch["pixels"]
         mask = self.mask(video.shape[0], generator)
-        ids_query = self.decoder_queries(mask, generator)
+        ids_query, scored = self.decoder_queries(mask, generator)
         pred = self.decode(self.encode(video, mask), mask, ids_query)
         target = self.target(video.float(), ids_query)
-        return {"loss": self.loss(pred, target)}
+        return {"loss": self.loss(pred, target, scored)}
 
     # ----- pictures and checkpoints -------------------------------------------------
 
@@ -224,20 +277,24 @@ class VideoMAE(PretrainModule):
         mask = self.mask(pixels.shape[0], generator)
         pred = self.decoder(self.encode(pixels, mask), mask.ids_restore).float()
         video = pixels.float()
-        patches = patchify_video(video, self.patch_size, self.tubelet_size)
+        p, t, grid = self.patch_size, self.tubelet_size, self.encoder.grid_size
+        hidden = mask.mask.unsqueeze(-1)
+        masked = patchify_video(video, p, t).masked_fill(hidden, 0.0)
+        patches = patchify_video(self.target_frames(video), p, self.pred_tubelet)
         if self.norm_pix_loss and self.norm_per_channel:
             _, mean, std = normalize_tubelets(patches, video.shape[1])
             pred = (pred.unflatten(-1, (-1, video.shape[1])) * std + mean).flatten(-2)
         elif self.norm_pix_loss:
             _, mean, std = normalize_patches(patches)
             pred = pred * std + mean
-        hidden = mask.mask.unsqueeze(-1)
-        grid = self.encoder.grid_size
-        p, t = self.patch_size, self.tubelet_size
+        filled = torch.where(hidden, pred, patches)
+        reconstruction = unpatchify_video(filled, p, self.pred_tubelet, grid)
+        # regressed frames only (MAE-ST's pred_frames): each one stands for its neighbours
+        reconstruction = reconstruction.repeat_interleave(t // self.pred_tubelet, dim=2)
         return {
             "original": video,
-            "masked": unpatchify_video(patches.masked_fill(hidden, 0.0), p, t, grid),
-            "reconstruction": unpatchify_video(torch.where(hidden, pred, patches), p, t, grid),
+            "masked": unpatchify_video(masked, p, t, grid),
+            "reconstruction": reconstruction,
         }
 
     def samples_per_input(self) -> int:

@@ -2,12 +2,15 @@
 
 import math
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import yaml
+from timm.layers import DropPath
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -144,6 +147,52 @@ def test_loss_goes_down():
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+
+
+def drop_rate(module: nn.Module) -> float:
+    """A block's stochastic depth rate: ``DropPath.drop_prob``, 0 for ``Identity``."""
+    assert isinstance(module, (DropPath, nn.Identity))
+    return module.drop_prob if isinstance(module, DropPath) else 0.0
+
+
+def test_regressor_and_decoder_get_linear_drop_path():
+    """As the official code: each of regressor and decoder ramps ``linspace(0, rate, depth)``."""
+    model = tiny_cae(
+        regressor_depth=4, decoder_depth=3, regressor_drop_path_rate=0.1, decoder_drop_path_rate=0.2
+    )
+    regressor = [drop_rate(block.drop_path) for block in model.regressor.blocks]
+    attn = [drop_rate(block.drop_path1) for block in model.decoder.blocks]
+    mlp = [drop_rate(block.drop_path2) for block in model.decoder.blocks]
+    assert regressor == pytest.approx(torch.linspace(0, 0.1, 4).tolist())
+    assert attn == mlp == pytest.approx(torch.linspace(0, 0.2, 3).tolist())
+    assert isinstance(model.regressor.blocks[0].drop_path, nn.Identity)  # rate 0: no module
+
+
+def test_zero_drop_path_leaves_the_model_unchanged():
+    """Rate 0 (the default) adds no DropPath; weights never depend on the rate."""
+    pixels = torch.randn(8, 3, 32, 32)
+
+    def loss(model: CAE, train: bool) -> torch.Tensor:
+        model.train(train)
+        torch.manual_seed(1)  # DropPath draws from the global generator
+        return model.compute_loss({"pixels": pixels}, torch.Generator().manual_seed(2))["loss"]
+
+    plain = tiny_cae()
+    dropped = tiny_cae(regressor_drop_path_rate=0.9, decoder_drop_path_rate=0.9)
+    assert not any(isinstance(m, DropPath) for m in plain.modules())
+    state, dropped_state = plain.state_dict(), dropped.state_dict()
+    assert state.keys() == dropped_state.keys()
+    assert all(torch.equal(state[k], dropped_state[k]) for k in state)
+    torch.testing.assert_close(loss(plain, True), loss(plain, False), rtol=0, atol=0)
+    torch.testing.assert_close(loss(dropped, False), loss(plain, False), rtol=0, atol=0)
+    assert not torch.allclose(loss(dropped, True), loss(plain, True))
+
+
+def test_imagenet_recipe_drops_paths_in_regressor_and_decoder_like_the_encoder():
+    recipe = Path(__file__).parents[1] / "recipes/pretrain/cae_vit_base_patch16_in1k.yaml"
+    args = yaml.safe_load(recipe.read_text())["model"]["init_args"]
+    encoder_rate = args["encoder"]["init_args"]["drop_path_rate"]
+    assert encoder_rate == args["regressor_drop_path_rate"] == args["decoder_drop_path_rate"] == 0.1
 
 
 class TinyTokenizer(nn.Module):

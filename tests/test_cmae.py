@@ -70,15 +70,29 @@ def reference_loss(model: CMAE, online: torch.Tensor, target: torch.Tensor, mask
     return rec + 2 * tau * nce / batch
 
 
-def test_loss_equals_independent_reference():
-    model = tiny_cmae()
+@pytest.mark.parametrize("cell_size,num_masked", [(1, 16 - int(16 * 0.35)), (2, 4 * 3)])
+def test_loss_equals_independent_reference(cell_size, num_masked):
+    model = tiny_cmae(masking=RandomMasking(0.65, cell_size=cell_size))
     online, target = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     batch = {"pixels": online, "views": [online, target]}
     out = model.compute_loss(batch, generator=torch.Generator().manual_seed(5))
     mask = model.mask(4, torch.Generator().manual_seed(5))
-    assert mask.num_masked == 16 - int(16 * 0.35)
+    assert mask.num_masked == num_masked
     expected = reference_loss(model, online, target, mask)
     torch.testing.assert_close(out["loss"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_default_masking_is_the_official_2x2_cell_masking():
+    """65% of the 2 x 2 cells: on a 4 x 4 grid 3 of 4 cells, each wholly masked or visible."""
+    small = dict(decoder_dim=32, decoder_depth=1, decoder_heads=4, feature_decoder_depth=1)
+    model = CMAE(tiny_encoder(patch_size=P), **small)  # no masking given
+    assert (model.masking.mask_ratio, model.masking.cell_size) == (0.65, 2)
+    mask = model.mask(16, torch.Generator().manual_seed(0))
+    assert mask.num_masked == 12 and model.masking.num_visible((4, 4)) == 4
+    per_cell = mask.mask.view(16, 2, 2, 2, 2).sum((2, 4))
+    assert set(per_cell.unique().tolist()) == {0, 4}
+    with pytest.raises(ValueError, match="2x2 cells"):  # 24 px / 8 px patches: a 3 x 3 grid
+        CMAE(tiny_encoder(patch_size=P, img_size=24), **small)
 
 
 def test_target_branch_receives_no_gradient():

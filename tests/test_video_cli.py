@@ -85,6 +85,8 @@ def test_mae_st_recipe_on_real_videos_with_repeated_sampling(tmp_path):
         "1",
         "--model.decoder_heads",
         "2",
+        "--model.pred_frames",
+        "2",
         *CPU_TRAINER,
         "--trainer.max_steps",
         "2",

@@ -13,7 +13,7 @@ from mimkit.pretrain.masking import (
     RandomMasking,
     RunningCellMasking,
     TubeMasking,
-    decoder_targets,
+    dual_mask_queries,
     running_cell_mask,
     tube_mask,
 )
@@ -114,7 +114,8 @@ def test_patchify_video_roundtrip_and_order():
 def test_tube_mask_repeats_one_spatial_mask_over_time():
     gen = torch.Generator().manual_seed(0)
     mask = tube_mask(8, (4, 7, 7), 0.9, generator=gen)
-    per_frame = 49 - int(49 * 0.1)
+    per_frame = int(0.9 * 49)  # VideoMAE's count: 44 masked, 5 visible per frame
+    assert TubeMasking(0.9).num_visible((8, 14, 14)) == 8 * 20  # 176 of 196 masked per frame
     assert mask.ids_masked.shape == (8, 4 * per_frame)
     grid = mask.mask.view(8, 4, 49)
     assert (grid == grid[:, :1]).all()
@@ -147,22 +148,19 @@ def test_running_cell_mask_pattern():
     )
 
 
-def test_decoder_targets_are_the_decoder_visible_masked_tokens():
+def test_dual_mask_queries_are_the_decoder_visible_tokens_scored_where_encoder_masked():
     gen = torch.Generator().manual_seed(0)
     enc = tube_mask(32, (4, 6, 6), 0.75, generator=gen)
     dec = running_cell_mask(32, (4, 6, 6), 0.5, generator=gen)
-    ids = decoder_targets(enc, dec, generator=gen)
-    k = enc.num_masked - (enc.num_masked - int(enc.num_masked * 0.5))
-    assert ids.shape == (32, k)
-    assert enc.mask.gather(1, ids).all()  # only encoder-masked tokens
+    ids, scored = dual_mask_queries(enc, dec)
+    assert ids.shape == scored.shape == (32, 4 * 36 // 2)
     assert (ids.diff(dim=1) > 0).all()
-    both = enc.mask & ~dec.mask  # masked and decoder-visible
-    chosen = torch.zeros_like(both).scatter_(1, ids, True)
     for b in range(32):
-        if both[b].sum() >= k:
-            assert both[b][chosen[b]].all()  # all chosen are decoder-visible
-        else:
-            assert chosen[b][both[b]].all()  # all decoder-visible ones are chosen
+        assert set(ids[b].tolist()) == set(torch.nonzero(~dec.mask[b]).flatten().tolist())
+        assert scored[b].tolist() == enc.mask[b, ids[b]].tolist()
+    # a tube mask visible in all 4 steps meets a running cell visible in 2 of 4: half the
+    # encoder-visible positions are decoded but not scored, in every sample
+    assert ((~scored).sum(dim=1) == enc.num_keep // 2).all()
 
 
 # ----- VideoMAE ----------------------------------------------------------------------
@@ -181,7 +179,7 @@ def tiny_videomae(**kwargs) -> VideoMAE:
     )
 
 
-def reference_loss(model: VideoMAE, video, ids_keep, ids_query, full_decoder: bool):
+def reference_loss(model: VideoMAE, video, ids_keep, ids_query, full_decoder: bool, scored=None):
     """Per-sample loop over plain timm modules and explicit formulas.
 
     The tube embedding is an einsum over sliced tubes; encoder and decoder blocks are
@@ -234,7 +232,9 @@ def reference_loss(model: VideoMAE, video, ids_keep, ids_query, full_decoder: bo
         for block in blocks:
             y = block(y)
         pred = dec.pred(dec.norm(y))[0, 1:]
-        for i in query:
+        for k, i in enumerate(query):
+            if scored is not None and not scored[b, k]:
+                continue  # decoded but not scored (dual masking, the encoder saw it)
             x_t = tube(b, i).permute(1, 2, 3, 0).reshape(-1, 3)  # (t*p*p, C)
             mean = x_t.mean(0)
             std = torch.sqrt(((x_t - mean) ** 2).sum(0) / (x_t.shape[0] - 1)) + 1e-6
@@ -252,11 +252,14 @@ def test_videomae_loss_matches_independent_computation(dual):
     loss = model.compute_loss({"pixels": video}, generator=gen())["loss"]
     g = gen()
     mask = model.mask(3, g)
-    ids_query = model.decoder_queries(mask, g)
-    expected_k = mask.num_masked // 2 if dual else mask.num_masked
+    ids_query, scored = model.decoder_queries(mask, g)
+    expected_k = T // TUBE * 16 // 2 if dual else mask.num_masked
     assert ids_query.shape == (3, expected_k)
+    assert (scored is None) != dual and (not dual or not scored.all())
     with torch.no_grad():
-        ref = reference_loss(model, video, mask.ids_keep, ids_query, full_decoder=not dual)
+        ref = reference_loss(
+            model, video, mask.ids_keep, ids_query, full_decoder=not dual, scored=scored
+        )
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -265,7 +268,7 @@ def test_dual_masking_loss_covers_exactly_the_decoder_targets():
     video = torch.randn(2, 3, T, S, S)
     g = torch.Generator().manual_seed(7)
     mask = model.mask(2, g)
-    ids_query = model.decoder_queries(mask, g)
+    ids_query, scored = model.decoder_queries(mask, g)
     skipped = [i for i in mask.ids_masked[0].tolist() if i not in ids_query[0].tolist()]
     assert skipped, "some masked tokens are left out by the decoder mask"
 
@@ -280,7 +283,7 @@ def test_dual_masking_loss_covers_exactly_the_decoder_targets():
 
     base = loss_with(None)
     assert loss_with(skipped[0]) == base  # a masked tube outside the subset: no effect
-    assert loss_with(int(ids_query[0, 0])) != base  # a tube in the subset: counted
+    assert loss_with(int(ids_query[0][scored[0]][0])) != base  # a scored tube: counted
 
 
 def test_mae_st_options_and_reconstruction():
@@ -324,3 +327,31 @@ def test_videomae_loss_goes_down():
         opt.step()
         losses.append(loss.item())
     assert math.fsum(losses[-3:]) / 3 < 0.9 * math.fsum(losses[:3]) / 3, losses
+
+
+def test_mae_st_pred_frames_regress_one_linspace_frame_per_token():
+    model = tiny_videomae(masking=RandomMasking(0.75), norm_per_channel=False, pred_frames=2)
+    assert model.pred_tubelet == 1 and model.decoder.pred.out_features == P * P * 3
+    video = torch.randn(2, 3, T, S, S)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    loss = model.compute_loss({"pixels": video}, generator=gen())["loss"]
+    mask = model.mask(2, gen())
+    with torch.no_grad():
+        pred = model.decode(model.encode(video, mask), mask, mask.ids_masked)
+    errors = []
+    for b in range(2):
+        for k, i in enumerate(mask.ids_masked[b].tolist()):
+            t, rest = divmod(i, 16)
+            h, w = divmod(rest, 4)
+            frame = (0, 3)[
+                t
+            ]  # linspace(0, 3, 2) = 0, 3: the first frame of tube 0, the last of tube 1
+            x = video[b, :, frame, h * P : (h + 1) * P, w * P : (w + 1) * P].permute(1, 2, 0)
+            x = x.reshape(-1)
+            target = (x - x.mean()) / (x.var() + 1e-6).sqrt()
+            errors.append(((pred[b, k] - target) ** 2).mean())
+    torch.testing.assert_close(loss, torch.stack(errors).mean(), atol=1e-5, rtol=1e-5)
+    views = model.reconstruct(video, generator=gen())
+    assert views["reconstruction"].shape == video.shape
+    with pytest.raises(ValueError, match="whole number of regressed frames"):
+        tiny_videomae(pred_frames=3)
