@@ -7,7 +7,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, XLAStrategy
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .collate import NUM_SKIPPED, SKIPPED_PATHS, SkipBadSamples, collate_skipping
 from .device_decode import ENCODED
@@ -32,6 +35,14 @@ class MimDataModule(L.LightningDataModule):
     permutation per epoch, split across ranks, with per-sample augmentation seeds), whose
     position is this module's :meth:`state_dict`: a run resumed from a mid-epoch checkpoint
     continues at the same batch, in the same order, with the same augmentations.
+
+    Validation / test batches count every sample exactly once when the attached
+    LightningModule says its evaluation allows it (``exact_eval = True``, the evaluation
+    modules of :mod:`mimkit.finetune`): under DDP each rank reads an unpadded share
+    (Lightning's ``UnrepeatedDistributedSampler``: no duplicates padding the last ranks,
+    so each rank needs at least one sample) and an unreadable sample is dropped and
+    counted, not replaced by another one. Otherwise (pretraining: contrastive losses
+    gather across ranks at every step) Lightning's padded sampler and substitution apply.
 
     Note:
         Lightning calls only one ``on_before_batch_transfer``: when a LightningModule overrides
@@ -96,11 +107,14 @@ class MimDataModule(L.LightningDataModule):
         if dataset is None:
             split = "train" if train else "validation"
             raise RuntimeError(f"{type(self).__name__} has no {split} dataset; call setup() first.")
-        dataset = SkipBadSamples(dataset, max_retries=self.max_retries)
+        exact = not train and self._exact_eval()
+        dataset = SkipBadSamples(dataset, max_retries=self.max_retries, drop=exact)
         sampler = None
         if train:
             sampler = self._make_train_sampler(dataset)
             dataset = SeededSamples(dataset)
+        elif exact:
+            sampler = self._eval_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -110,6 +124,38 @@ class MimDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
             collate_fn=collate_skipping,
+        )
+
+    def _exact_eval(self) -> bool:
+        """Whether the attached LightningModule evaluates each sample once (``exact_eval``)."""
+        trainer = self.trainer
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        return bool(getattr(module, "exact_eval", False))
+
+    def _eval_sampler(self, dataset: Dataset) -> DistributedSampler | None:
+        """This rank's unpadded share of an evaluation split under DDP, else ``None``.
+
+        Lightning leaves a ``DistributedSampler`` in place, so no padding duplicates are
+        scored. Only for strategies whose eval forward makes no collective call (DDP; not
+        FSDP, DeepSpeed or XLA, which would hang on uneven batch counts), and only when
+        every rank gets a sample (else Lightning's padded sampler, with a warning).
+        """
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        if world <= 1 or not isinstance(trainer.strategy, DDPStrategy):
+            return None
+        if isinstance(trainer.strategy, (DeepSpeedStrategy, XLAStrategy)):
+            return None
+        size = len(dataset)  # type: ignore[arg-type]
+        if size < world:
+            rank_zero_warn(
+                f"{type(self).__name__}: {size} evaluation samples for {world} ranks; some "
+                "rank would get none, so Lightning's DistributedSampler pads the split with "
+                "repeated samples, which the metrics count"
+            )
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=world, rank=trainer.global_rank, shuffle=False
         )
 
     def _make_train_sampler(

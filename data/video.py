@@ -165,15 +165,17 @@ def clip_indices(
 
 def eval_clip_positions(count: int, sampling: Sampling) -> list[float]:
     """Positions of ``count`` test clips: evenly spread starts from the first to the last
-    possible one (``random``, VideoMAE's Kinetics testing), or offsets ``(k + 0.5) / count``
-    within the segments (``uniform``, its Something-Something testing); one clip is centered.
+    possible one (``random``, VideoMAE's Kinetics testing), or offsets ``k / count`` within
+    the segments (``uniform``: 0 and 0.5 for 2 clips, VideoMAE's Something-Something
+    testing, whose ``ssv2.py`` reads frames ``int(tick * x)`` and ``int(tick / 2 + tick * x)``);
+    one clip is centered.
     """
     if count < 1:
         raise ValueError(f"the number of test clips must be >= 1, got {count}")
     if count == 1:
         return [0.5]
     if sampling == "uniform":
-        return [(k + 0.5) / count for k in range(count)]
+        return [k / count for k in range(count)]
     return [k / (count - 1) for k in range(count)]
 
 

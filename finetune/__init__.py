@@ -9,12 +9,13 @@ from .checkpoint import (
     build_encoder,
     load_encoder,
     load_encoder_state,
+    pooled_norm_config,
     read_checkpoint,
 )
 from .data import FineTuneImageFolder, eval_batches, finetune_train_transform
 from .evaluate import FeatureSet, cached_probe, compute_features, knn_evaluate
 from .export import export_encoder
-from .features import extract_features, pool_tokens
+from .features import extract_features, pool_tokens, pooled_features
 from .finetune import FineTune
 from .knn import knn_accuracy, knn_scores, topk_accuracy
 from .probe import LinearProbe, linear_head, train_linear_head
@@ -44,6 +45,8 @@ __all__ = [
     "load_encoder",
     "load_encoder_state",
     "pool_tokens",
+    "pooled_features",
+    "pooled_norm_config",
     "read_checkpoint",
     "topk_accuracy",
     "train_linear_head",

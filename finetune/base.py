@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from mimkit.pretrain import PretrainModule, ViTEncoder
 
 from .checkpoint import LoadResult, build_encoder, load_encoder_state, read_checkpoint
-from .features import ConfigError, Pool, check_pixels, pool_tokens
+from .features import ConfigError, Pool, check_pixels, check_pool, pooled_features
 
 __all__ = ["ClassifierModule", "ConfigError"]
 
@@ -26,6 +27,18 @@ class ClassifierModule(PretrainModule):
     subclass builds its head (:meth:`build_head`) and maps tokens to logits
     (:meth:`forward`); it may override :meth:`param_groups` (a group's ``lr_scale``
     multiplies its lr) and :meth:`loss`.
+
+    Without ``init_from`` (and without a ``--ckpt_path`` to restore) the encoder keeps
+    the weights it was built with, a random initialization for the recipes' explicit
+    encoders: legitimate for a random-init baseline, so it is a warning, not an error.
+
+    Attributes:
+        exact_eval: tells mimkit's data modules to count every validation / test sample
+            exactly once: under DDP each rank gets an unpadded share (no duplicates from
+            Lightning's ``DistributedSampler``), and an unreadable sample is dropped and
+            counted instead of replaced by another one. Safe because the eval steps make
+            no per-step collective call (metrics and logged values sync at epoch end), so
+            ranks may run different numbers of batches, as long as each runs one.
 
     Args:
         init_from: checkpoint to load the encoder from (any format
@@ -41,12 +54,15 @@ class ClassifierModule(PretrainModule):
             checkpoint's (image, or its frame count).
         tubelet_size: frames per tubelet of a rebuilt video encoder (``None``: the
             checkpoint's, or 2 for an inflated image encoder).
-        pool: ``cls`` (class token) or ``avg`` (mean of patch tokens).
+        pool: ``cls`` (class token; an encoder without one is a :class:`ConfigError`) or
+            ``avg`` (mean of patch tokens).
         drop_path_rate: stochastic depth of a rebuilt encoder.
         attn_backend: attention backend of a rebuilt encoder.
         strict_load: fail on any missing / unexpected encoder key.
         **kwargs: optimizer and schedule settings of :class:`PretrainModule`.
     """
+
+    exact_eval: bool = True
 
     def __init__(
         self,
@@ -112,8 +128,10 @@ class ClassifierModule(PretrainModule):
                 f"unexpected {report.unexpected}, ignored {len(report.ignored)} decoder/head "
                 f"keys, resampled {report.resampled}, kept the encoder's fixed {report.fixed}"
             )
+        check_pool(pool, encoder)
         self.encoder = encoder
         self._checked: set[str] = set()
+        self._warned_random = False
         if num_classes is not None:
             self._build(num_classes)
 
@@ -141,7 +159,9 @@ class ClassifierModule(PretrainModule):
 
         Returns:
             ``(B, num_classes)``: the logits, or for ``V`` views the log of the mean of
-            their softmax (so cross-entropy and top-k read it as logits).
+            their softmax (so cross-entropy and top-k read it as logits), computed as
+            ``logsumexp(log_softmax) - log V`` so that a class whose probability underflows
+            in every view stays finite.
         """
         logits_fn = logits_fn or self
         single_ndim = 5 if self.encoder.is_video else 4
@@ -149,11 +169,11 @@ class ClassifierModule(PretrainModule):
             return logits_fn(pixels)
         batch, views = pixels.shape[:2]
         logits = logits_fn(pixels.flatten(0, 1)).float().view(batch, views, -1)
-        return logits.softmax(dim=-1).mean(dim=1).log()
+        return torch.logsumexp(logits.log_softmax(dim=-1), dim=1) - math.log(views)
 
     def features(self, pixels: Tensor) -> Tensor:
-        """Pooled encoder features ``(B, D)``."""
-        return pool_tokens(self.encoder(pixels), self.pool, self.encoder.num_prefix_tokens)
+        """Pooled encoder features ``(B, D)`` (through the encoder's ``fc_norm``, if any)."""
+        return pooled_features(self.encoder(pixels), self.pool, self.encoder)
 
     # ----- head, classes and checks -----------------------------------------------------
 
@@ -225,6 +245,31 @@ class ClassifierModule(PretrainModule):
             )
         self._checked.add(stage)
 
+    def _warn_if_random_encoder(self) -> None:
+        """Once: a rank-zero warning when nothing loaded pretrained weights into the encoder."""
+        if self._warned_random or self.init_from is not None or self.trainer.ckpt_path:
+            return
+        self._warned_random = True
+        rank_zero_warn(
+            f"{type(self).__name__}: model.init_from is not set and no --ckpt_path is "
+            "restored, so the encoder keeps the weights it was built with: for a recipe's "
+            "model.encoder that is a RANDOM initialization, and this run evaluates a "
+            "random-init baseline, not a pretrained encoder. Pass --model.init_from CKPT "
+            "(a mimkit .ckpt, an export, or an MAE/VideoMAE/timm .pth) to load one."
+        )
+
+    def on_train_start(self) -> None:  # hooks that run after a --ckpt_path is restored
+        super().on_train_start()
+        self._warn_if_random_encoder()
+
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        self._warn_if_random_encoder()
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self._warn_if_random_encoder()
+
     # ----- steps ------------------------------------------------------------------------
 
     def compute_loss(
@@ -234,6 +279,8 @@ class ClassifierModule(PretrainModule):
         return {"loss": self.loss(self(batch["pixels"]), batch)}
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        if not len(batch["pixels"]):  # every sample of the batch was unreadable (and dropped)
+            return
         self.check_batch(batch, stage)
         logits = self.predict(batch["pixels"])
         labels = batch["label"]

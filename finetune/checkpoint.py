@@ -10,6 +10,10 @@ Accepted sources:
 * VideoMAE-style wrappers (``module`` / ``model``) and ``encoder.`` prefixes;
 * plain timm state dicts.
 
+A classifier's ``fc_norm.*`` (the LayerNorm after pooling) is kept aside and loaded only
+into an encoder built with timm's ``fc_norm=True`` layout (no final token norm, a norm
+after pooling): the layout a ``FineTune(pool="avg")`` checkpoint's metadata describes.
+
 Nothing is ever unpickled beyond tensors and plain containers:
 ``torch.load(..., weights_only=True)`` or safetensors.
 """
@@ -41,6 +45,7 @@ __all__ = [
     "encoder_state_dict",
     "load_encoder",
     "load_encoder_state",
+    "pooled_norm_config",
     "read_checkpoint",
 ]
 
@@ -60,6 +65,9 @@ WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model", "module", "model_state",
 PATCH_KEY = "patch_embed.proj.weight"
 #: Prefixes stripped from every key (DDP, torch.compile, wrappers).
 STRIP_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.", "model.", "backbone.")
+#: A classifier's norm after pooling, timm's ``fc_norm`` (at the top level of a method's
+#: state dict, or of a timm / exported state dict).
+POOLED_NORM = "fc_norm."
 
 
 class CheckpointError(RuntimeError):
@@ -80,6 +88,8 @@ class RawCheckpoint:
         state: the encoder's tensors with timm key names (prefixes stripped).
         ignored: keys dropped because they belong to a decoder or a head.
         meta: what built the encoder (``encoder`` config, ``timm_name``, ``mean``...), or ``{}``.
+        pooled_norm: a classifier's ``fc_norm.*`` tensors (also listed in ``ignored``),
+            loaded only into an encoder that has an ``fc_norm`` (timm's ``fc_norm=True``).
     """
 
     path: Path
@@ -87,6 +97,7 @@ class RawCheckpoint:
     state: dict[str, Tensor]
     ignored: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    pooled_norm: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -182,6 +193,32 @@ def _fuse_qkv_bias(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def pooled_norm_config(config: Mapping[str, Any], pool: str) -> dict[str, Any]:
+    """The encoder config of a classifier that normalizes after pooling.
+
+    timm's layout for it: no final norm on the tokens, ``fc_norm`` on the pooled feature
+    (``global_pool`` ``avg`` or ``token``). A ``FineTune(pool="avg")`` checkpoint's
+    encoder is this (its ``encoder.norm`` is an identity, its ``fc_norm`` follows the
+    mean), so rebuilding from this config and loading gives exactly its pooled features.
+
+    Args:
+        config: a :class:`~mimkit.pretrain.ViTEncoder` config.
+        pool: ``avg`` or ``cls``, the classifier's pooling.
+    """
+    kwargs = dict(config.get("model_kwargs") or {})
+    kwargs.update(global_pool="avg" if pool == "avg" else "token", fc_norm=True)
+    return {**config, "model_kwargs": kwargs}
+
+
+def _upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of a ``FineTune(pool="avg")`` checkpoint written before it recorded
+    ``pooled_norm_config``: the same description, so that it rebuilds."""
+    config = meta.get("encoder")
+    if meta.get("method") == "FineTune" and meta.get("pool") == "avg" and config:
+        meta["encoder"] = pooled_norm_config(config, "avg")
+    return meta
+
+
 def read_checkpoint(path: str | Path) -> RawCheckpoint:
     """Reads any supported checkpoint into timm-named encoder tensors.
 
@@ -231,16 +268,25 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     state = _fuse_qkv_bias(_strip(state))
     kept: dict[str, Tensor] = {}
     ignored: list[str] = []
+    pooled_norm: dict[str, Tensor] = {}
     for key, value in state.items():
-        if key.startswith("\0"):
-            ignored.append(key[1:])
-        elif any(re.search(p, key) for p in IGNORED_PATTERNS):
-            ignored.append(key)
+        name = key.lstrip("\0")
+        if key.startswith("\0") or any(re.search(p, key) for p in IGNORED_PATTERNS):
+            ignored.append(name)
+            if name.startswith(POOLED_NORM):
+                pooled_norm.setdefault(name, value)
         else:
             kept[key] = value
     if not kept:
         raise CheckpointError(f"{path} holds no encoder weights (only {sorted(ignored)[:8]}...)")
-    return RawCheckpoint(path=path, format=fmt, state=kept, ignored=sorted(ignored), meta=meta)
+    return RawCheckpoint(
+        path=path,
+        format=fmt,
+        state=kept,
+        ignored=sorted(ignored),
+        meta=_upgrade_meta(meta),
+        pooled_norm=pooled_norm,
+    )
 
 
 def _describe(state: Mapping[str, Tensor]) -> str:
@@ -378,6 +424,9 @@ def encoder_state_dict(
     if "pos_embed" in target and "pos_embed" not in state and not encoder.pos_embed.requires_grad:
         state["pos_embed"] = target["pos_embed"]  # a fixed table is not always saved (VideoMAE)
         fixed.append("pos_embed")
+    for key, value in raw.pooled_norm.items():  # only an encoder with an fc_norm takes it
+        if key in target and key not in state:
+            state[key] = value
     pos = state.get("pos_embed")
     if pos is not None and "pos_embed" in target and pos.shape != target["pos_embed"].shape:
         if pos.shape[-1] == target["pos_embed"].shape[-1]:
@@ -426,6 +475,12 @@ def load_encoder_state(
             details.append(f"missing {len(missing)}: {missing[:12]}")
         if unexpected:
             details.append(f"unexpected {len(unexpected)}: {unexpected[:12]}")
+        if "norm.weight" in missing and raw.pooled_norm:
+            details.append(
+                "the checkpoint is a classifier that normalizes after pooling (fc_norm.*, no "
+                "final token norm, e.g. FineTune(pool='avg')): leave the encoder out to rebuild "
+                "it from the checkpoint, or give it model_kwargs {global_pool: avg, fc_norm: true}"
+            )
         raise CheckpointError(
             f"checkpoint {raw.path} ({raw.format}; {_describe(raw.state)}) does not match the "
             f"encoder {encoder.timm_name!r} ({_describe(target)}): " + "; ".join(details)
@@ -434,7 +489,7 @@ def load_encoder_state(
     return LoadResult(
         missing=missing,
         unexpected=unexpected,
-        ignored=list(raw.ignored),
+        ignored=[k for k in raw.ignored if k not in target or k not in state],
         resampled=resampled,
         format=raw.format,
         fixed=fixed,

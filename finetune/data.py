@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 from mimkit.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolder
 from mimkit.data.collate import SkipBadSamples, collate_skipping
 
+from .features import ConfigError
+
 __all__ = ["FineTuneImageFolder", "eval_batches", "finetune_train_transform"]
 
 
@@ -51,6 +53,9 @@ class FineTuneImageFolder(ImageFolder):
 
     ``root`` may also be an ImageNet-style folder holding ``train/`` and ``val/`` (used when
     ``val_root`` is not given). Evaluation images get the usual resize + center crop.
+    ``decode_on_device=True`` crops and flips on the device but has no RandAugment or
+    random erasing, so it needs ``auto_augment: null`` and ``re_prob: 0`` (a
+    :class:`~mimkit.finetune.ConfigError` otherwise, rather than silently dropping them).
 
     Args:
         root: training source, or a folder with ``train/`` and ``val/``.
@@ -69,6 +74,13 @@ class FineTuneImageFolder(ImageFolder):
         crop_scale: tuple[float, float] = (0.08, 1.0),
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("decode_on_device") and (auto_augment is not None or re_prob > 0):
+            raise ConfigError(
+                f"FineTuneImageFolder(decode_on_device=True) cannot apply RandAugment "
+                f"({auto_augment}) or random erasing ({re_prob}): the device decoder only "
+                "crops, resizes and flips. Set decode_on_device: false for MAE's fine-tuning "
+                "augmentation, or auto_augment: null and re_prob: 0 to go without it"
+            )
         root_path = Path(root).expanduser()
         if val_root is None and (root_path / "train").is_dir() and (root_path / "val").is_dir():
             root_path, val_root = root_path / "train", root_path / "val"
@@ -78,21 +90,47 @@ class FineTuneImageFolder(ImageFolder):
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
-        if self.train_dataset is not None and hasattr(self.train_dataset, "transform"):
+        if self.train_dataset is not None and not self.decode_on_device:
             self.train_dataset.transform = finetune_train_transform(
                 self.img_size, self.mean, self.std, self.auto_augment, self.re_prob, self.crop_scale
             )
 
 
-def _eval_view(train: Dataset, val: Dataset | None) -> Dataset:
-    """The training set with the validation transform (no augmentation), when possible."""
-    if val is not None and hasattr(train, "transform") and hasattr(val, "transform"):
-        view = copy.copy(train)
-        view.transform = val.transform
-        if hasattr(view, "train"):  # video: centered clips, one per video
-            view.train = False
-        return view
-    return train
+def _eval_view(datamodule: L.LightningDataModule, train: Dataset, val: Dataset | None) -> Dataset:
+    """The training set read like the validation set: its transform, no augmentation.
+
+    A dataset without a ``transform`` attribute is read as it is (the synthetic and
+    moving-digit sources render each index deterministically).
+
+    Raises:
+        ConfigError: the training samples are augmented in a way this cannot undo (on the
+            device, as two views, or by a transform with no validation one to replace it).
+    """
+    name = type(datamodule).__name__
+    if not hasattr(train, "transform"):
+        if getattr(datamodule, "batch_decoder", None) is not None:
+            raise ConfigError(
+                f"{name} decodes and augments its training images on the device "
+                "(decode_on_device=True), so the training features would be of random crops "
+                "and flips; set data.init_args.decode_on_device: false for k-NN and cached "
+                "probes"
+            )
+        if getattr(train, "views", None) is not None:
+            raise ConfigError(
+                f"{name}'s training samples are two augmented views; drop data.init_args.views "
+                "for k-NN and cached probes"
+            )
+        return train
+    if val is None or not hasattr(val, "transform"):
+        raise ConfigError(
+            f"{name}'s training split is augmented by its transform and there is no "
+            "validation transform to read it with; give the data a validation split"
+        )
+    view = copy.copy(train)
+    view.transform = val.transform
+    if hasattr(view, "train"):  # video: centered clips, one per video
+        view.train = False
+    return view
 
 
 def eval_batches(
@@ -102,7 +140,9 @@ def eval_batches(
 
     The training split is read with the validation transform (the datasets of
     :mod:`mimkit.data` keep it in a ``transform`` attribute), so k-NN and cached-feature
-    probes see the same preprocessing for both splits.
+    probes see the same preprocessing for both splits; a :class:`ConfigError` when that is
+    impossible. An unreadable sample is dropped (and counted in the data module's
+    ``skipped_samples``), never replaced by another one; a batch may then be empty.
     """
     datamodule.setup("fit")
     val = getattr(datamodule, "val_dataset", None)
@@ -110,7 +150,7 @@ def eval_batches(
         dataset = getattr(datamodule, "train_dataset", None)
         if dataset is None:
             raise ValueError(f"{type(datamodule).__name__} has no training split")
-        dataset = _eval_view(dataset, val)
+        dataset = _eval_view(datamodule, dataset, val)
     elif split == "val":
         dataset = val
         if dataset is None:
@@ -118,7 +158,7 @@ def eval_batches(
     else:
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     loader = DataLoader(
-        SkipBadSamples(dataset),
+        SkipBadSamples(dataset, drop=True),
         batch_size=batch_size or getattr(datamodule, "batch_size", 256),
         shuffle=False,
         num_workers=getattr(datamodule, "num_workers", 0),

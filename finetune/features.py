@@ -10,7 +10,15 @@ from torch import Tensor
 
 from mimkit.pretrain import ViTEncoder
 
-__all__ = ["ConfigError", "Pool", "check_pixels", "extract_features", "pool_tokens"]
+__all__ = [
+    "ConfigError",
+    "Pool",
+    "check_pixels",
+    "check_pool",
+    "extract_features",
+    "pool_tokens",
+    "pooled_features",
+]
 
 Pool = Literal["cls", "avg"]
 
@@ -34,6 +42,33 @@ def pool_tokens(tokens: Tensor, pool: Pool, num_prefix_tokens: int) -> Tensor:
     if pool == "avg":
         return tokens[:, num_prefix_tokens:].mean(dim=1)
     raise ConfigError(f"pool must be 'cls' or 'avg', got {pool!r}")
+
+
+def check_pool(pool: str, encoder: ViTEncoder) -> None:
+    """Raises one clear :class:`ConfigError` when ``pool`` does not fit the encoder.
+
+    ``cls`` needs a class token: without one the first token is a patch (or register)
+    token, and pooling it would silently classify from one image corner.
+    """
+    if pool not in ("cls", "avg"):
+        raise ConfigError(f"pool must be 'cls' or 'avg', got {pool!r}")
+    if pool == "cls" and encoder.cls_token is None:
+        raise ConfigError(
+            f"pool='cls' needs an encoder with a class token, but {encoder.timm_name!r} is "
+            "built without one (class_token: false, as VideoMAE); set pool: avg"
+        )
+
+
+def pooled_features(tokens: Tensor, pool: Pool, encoder: ViTEncoder) -> Tensor:
+    """``(B, P + N, D) -> (B, D)``: the pooled tokens, then the encoder's ``fc_norm``.
+
+    ``fc_norm`` is an identity unless the encoder normalizes after pooling (timm's
+    ``fc_norm=True`` layout, e.g. one loaded from a ``FineTune(pool="avg")`` checkpoint),
+    so the features are timm's ``forward_head(..., pre_logits=True)`` for that pooling.
+    """
+    feats = pool_tokens(tokens, pool, encoder.num_prefix_tokens)
+    fc_norm = getattr(encoder, "fc_norm", None)
+    return feats if fc_norm is None else fc_norm(feats)
 
 
 def check_pixels(pixels: Tensor, encoder: ViTEncoder) -> None:
@@ -77,13 +112,15 @@ def extract_features(
     Args:
         encoder: the encoder; put in eval mode and restored afterwards.
         batches: dict batches with ``pixels`` (images or clips) and ``label``.
-        pool: ``cls`` or ``avg``.
+        pool: ``cls`` or ``avg``; the pooled tokens then pass the encoder's ``fc_norm``
+            (:func:`pooled_features`).
         device: where to run; the encoder's device by default.
         dtype: dtype of the returned features (``float16`` halves host memory).
 
     Returns:
         ``(N, D)`` features and ``(N,)`` labels, on the CPU.
     """
+    check_pool(pool, encoder)
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval().to(device)
@@ -92,8 +129,9 @@ def extract_features(
         for batch in batches:
             pixels = batch["pixels"].to(device, non_blocking=True)
             check_pixels(pixels, encoder)
-            tokens = encoder(pixels)
-            feats.append(pool_tokens(tokens, pool, encoder.num_prefix_tokens).to("cpu", dtype))
+            if not len(pixels):  # every sample of the batch was unreadable (and dropped)
+                continue
+            feats.append(pooled_features(encoder(pixels), pool, encoder).to("cpu", dtype))
             labels.append(batch["label"].to("cpu"))
     finally:
         encoder.train(was_training)

@@ -5,7 +5,8 @@ The protocol of Wu et al. 2018 / DINO: features are L2-normalized, each query ta
 ``exp(similarity / T)``. Queries are processed in batches and the training features in
 chunks, with a running top-k merged chunk by chunk, so the similarity matrix in memory is
 at most ``query_batch x train_chunk`` whatever the training set's size (1.28M ImageNet
-features included).
+features included). :func:`knn_accuracy` normalizes the training features once, onto the
+compute device and in their own dtype, and every query batch reuses them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["knn_accuracy", "knn_scores", "topk_accuracy"]
+__all__ = ["knn_accuracy", "knn_scores", "normalized_bank", "topk_accuracy"]
 
 
 @torch.no_grad()
@@ -31,7 +32,8 @@ def knn_scores(
     """Class scores of each query: the sum of ``exp(sim / T)`` over its k nearest neighbours.
 
     Args:
-        train_features: ``(N, D)``, on any device (chunks are moved to the queries' device).
+        train_features: ``(N, D)``, on any device (chunks are moved to the queries' device
+            as float32; already there, e.g. from :func:`normalized_bank`, they stay).
         train_labels: ``(N,)`` integer labels in ``[0, num_classes)``.
         queries: ``(Q, D)``.
         num_classes: ``C``.
@@ -73,6 +75,20 @@ def knn_scores(
     return torch.zeros(q.shape[0], num_classes, device=device).scatter_add_(1, top_lab, weights)
 
 
+@torch.no_grad()
+def normalized_bank(features: Tensor, device: torch.device | str, chunk: int = 65536) -> Tensor:
+    """``(N, D)`` L2-normalized copy of ``features`` on ``device``, in their dtype.
+
+    Normalized chunk by chunk in float32, so no float32 copy of the whole set is made
+    (``float16`` features stay half the size).
+    """
+    bank = torch.empty(features.shape, dtype=features.dtype, device=device)
+    for start in range(0, features.shape[0], chunk):
+        part = features[start : start + chunk].to(device, torch.float32)
+        bank[start : start + chunk] = F.normalize(part, dim=1).to(features.dtype)
+    return bank
+
+
 def topk_accuracy(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Top-k accuracies (in %) of ``(Q, C)`` scores; ``k`` capped at ``C``."""
     out = {}
@@ -98,8 +114,8 @@ def knn_accuracy(
 ) -> dict[str, float]:
     """k-NN top-1 / top-5 accuracy (%) of test features against training features.
 
-    Training features stay where they are (host memory at ImageNet scale, ``float16``
-    allowed); each query batch and each normalized training chunk visit ``device``.
+    The training features are normalized once onto ``device`` in their own dtype
+    (1.9 GiB for 1.28M ViT-B features in ``float16``) and reused by every query batch.
 
     Args:
         train_features: ``(N, D)``.
@@ -119,11 +135,13 @@ def knn_accuracy(
     device = torch.device(device) if device is not None else test_features.device
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    bank = normalized_bank(train_features, device, train_chunk)
+    bank_labels = train_labels.to(device)
     hits = {1: 0, 5: 0}
     for start in range(0, test_features.shape[0], query_batch):
-        queries = test_features[start : start + query_batch].to(device)
+        queries = F.normalize(test_features[start : start + query_batch].to(device).float(), dim=1)
         scores = knn_scores(
-            train_features, train_labels, queries, num_classes, k, temperature, train_chunk
+            bank, bank_labels, queries, num_classes, k, temperature, train_chunk, normalized=True
         )
         labels = test_labels[start : start + query_batch].to(device)
         for top in hits:

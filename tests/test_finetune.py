@@ -6,13 +6,15 @@ One tiny MAE (ViT-Tiny width, 2 blocks, 32px digits, patch 8) is pretrained once
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import lightning as L
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file
-from tiny import FAST_TRAINER
+from tiny import FAST_TRAINER, tiny_encoder
 
 from mimkit.cli import main
 from mimkit.data import Digits, Synthetic
@@ -255,3 +257,28 @@ def test_quickstart_report_table_has_a_row_per_checkpoint(mae_ckpt, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("MAE pretrained") for line in lines) == 2
     assert sum(line.startswith("random init") for line in lines) == 1  # one per architecture
+
+
+def test_random_encoder_warns_unless_pretrained_weights_are_loaded(mae_ckpt, tmp_path):
+    data = Synthetic(img_size=32, num_samples=4, num_val_samples=4, batch_size=4)
+
+    def validate(model: LinearProbe, ckpt_path: Path | None = None) -> list[str]:
+        trainer = L.Trainer(
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.validate(model, datamodule=data, ckpt_path=ckpt_path)
+        if not (tmp_path / "probe.ckpt").exists():
+            trainer.save_checkpoint(tmp_path / "probe.ckpt")  # the random-init probe's
+        return [str(w.message) for w in caught if "init_from is not set" in str(w.message)]
+
+    (message,) = validate(LinearProbe(encoder=tiny_encoder(depth=2), num_classes=10))
+    assert "RANDOM initialization" in message and "--model.init_from CKPT" in message
+    assert validate(LinearProbe(init_from=str(mae_ckpt), num_classes=10)) == []
+    restored = LinearProbe(encoder=tiny_encoder(depth=2), num_classes=10)
+    assert validate(restored, ckpt_path=tmp_path / "probe.ckpt") == []  # finetune test --ckpt_path

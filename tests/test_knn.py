@@ -61,3 +61,22 @@ def test_half_precision_features_on_host():
     full = knn_accuracy(train, labels, train[:50], labels[:50], 3, k=1)
     half = knn_accuracy(train.half(), labels, train[:50].half(), labels[:50], 3, k=1)
     assert full["top1"] == half["top1"] == 100.0  # nearest neighbour of a train point is itself
+
+
+def test_each_feature_is_normalized_once(monkeypatch):
+    """The training bank is normalized once, not once per query batch."""
+    rows = []
+    normalize = F.normalize
+
+    def counting(x, *args, **kwargs):
+        rows.append(x.shape[0])
+        return normalize(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "normalize", counting)
+    gen = torch.Generator().manual_seed(3)
+    train, labels = torch.randn(100, 8, generator=gen), torch.randint(0, 4, (100,), generator=gen)
+    test = torch.randn(40, 8, generator=gen)
+    got = knn_accuracy(train, labels, test, labels[:40], 4, query_batch=10, train_chunk=30)
+    assert sum(rows) == 100 + 40  # 4 query batches used to renormalize 4 x 100 rows
+    ref = topk_accuracy(brute_force_scores(train, labels, test, 4, 20, 0.07), labels[:40])
+    assert got == pytest.approx(ref)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
 from test_video_data import frame_index, write_video
 from test_video_weights import TINY, official_videomae_layout
 from tiny import FAST_TRAINER
@@ -15,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from mimkit.cli import main
 from mimkit.data.video import VideoClipTransform, VideoFolder, clip_indices, eval_clip_positions
-from mimkit.finetune import CheckpointError, FineTune, load_encoder
+from mimkit.finetune import CheckpointError, ConfigError, FineTune, LinearProbe, load_encoder
 from mimkit.pretrain import ViTEncoder
 from mimkit.pretrain.video_weights import resample_tubelet, resample_video_pos_embed
 
@@ -103,6 +105,39 @@ def test_multi_view_logits_are_the_mean_softmax_of_the_views():
     torch.testing.assert_close(merged.exp().sum(-1), torch.ones(3))
 
 
+def test_multi_view_log_probabilities_stay_finite_when_a_class_underflows():
+    model = FineTune(encoder=video_encoder(num_frames=4), num_classes=3, pool="avg")
+    gap = torch.tensor([[200.0, 0.0, -200.0], [0.0, 200.0, -200.0]])  # class 2: e^-400
+    views = torch.zeros(1, 2, 3, 4, 32, 32)  # (B, V, ...): only the shape is read here
+    merged = model.predict(views, logits_fn=lambda _: gap)
+    assert torch.isfinite(merged).all()
+    torch.testing.assert_close(merged[0, 2], torch.tensor(-400.0))  # log(e^-400) exactly
+    reference = gap.softmax(-1).mean(0).log()  # the plain formula, finite for classes 0, 1
+    torch.testing.assert_close(merged[0, :2], reference[:2])
+    loss = F.cross_entropy(merged, torch.tensor([2]))
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(400.0)
+
+
+@pytest.mark.parametrize("module", [FineTune, LinearProbe])
+def test_class_token_pooling_without_a_class_token_is_a_config_error(module):
+    encoder = video_encoder(
+        num_frames=4, model_kwargs={"depth": 1, "class_token": False, "global_pool": "avg"}
+    )
+    with pytest.raises(ConfigError, match="class token"):
+        module(encoder=encoder, num_classes=5, pool="cls")
+
+
+def test_video_finetune_recipes_keep_the_sincos_table_fixed():
+    recipes = sorted(RECIPES.glob("finetune/videomae_*.yaml"))
+    assert recipes and all(
+        yaml.safe_load(r.read_text())["model"]["train_pos_embed"] is False for r in recipes
+    )
+    model = FineTune(encoder=video_encoder(num_frames=4), num_classes=3, train_pos_embed=False)
+    assert not model.encoder.pos_embed.requires_grad
+    grouped = {id(p) for group in model.param_groups() for p in group["params"]}
+    assert id(model.encoder.pos_embed) not in grouped
+
+
 def test_eval_crops_span_the_long_side():
     frames = torch.arange(4 * 48 * 64 * 3).remainder(251).to(torch.uint8).view(4, 48, 64, 3)
     transform = VideoClipTransform(32, train=False, mean=(0.0,) * 3, std=(1.0,) * 3)
@@ -131,7 +166,11 @@ def test_video_folder_test_split_returns_clips_spread_over_the_video(tmp_path):
     starts = [frame_index(clip)[0] for clip in clips]
     expected = [clip_indices(20, 4, 2, "random", False, position=p)[0] for p in (0, 0.5, 1)]
     assert starts == expected == [0, 6, 13]
-    assert eval_clip_positions(2, "uniform") == [0.25, 0.75]
+    assert eval_clip_positions(2, "uniform") == [0.0, 0.5]  # VideoMAE ssv2.py test offsets
+    tick = 20 / 4  # VideoMAE: frames int(tick * x) and int(tick / 2 + tick * x)
+    for position, shift in zip(eval_clip_positions(2, "uniform"), (0.0, tick / 2), strict=True):
+        frames = clip_indices(20, 4, 2, "uniform", False, position=position)
+        assert frames == [int(shift + tick * x) for x in range(4)]
     val = next(iter(data.val_dataloader()))  # validation stays single-view
     assert val["pixels"].shape == (2, 3, 4, 32, 32)
 
