@@ -17,7 +17,6 @@ shards alternate for ``--rounds`` rounds and the median is reported. It prints a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
+from results_file import write_results
 from torch.utils.data import DataLoader
 from video_decode import write_video  # benchmarks/ is on the path when run as a script
 
@@ -176,7 +176,7 @@ def main() -> None:
                 spread = " ".join(f"{v:.0f}" for v in values)
                 print(f"{name:8} {n:7d} {rate:10.1f} {rate / n:10.1f}  {spread}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        write_results(args.json, results)
 
 
 if __name__ == "__main__":

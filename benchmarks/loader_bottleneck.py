@@ -21,7 +21,6 @@ would need to keep up at the measured rate per worker.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from method_overhead import step_fn  # noqa: E402
 from pretrain_throughput import sync  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from mimkit.pretrain_cli import PretrainCLI  # noqa: E402
 
@@ -128,8 +128,7 @@ def main() -> None:
     for key, value in row.items():
         print(f"{key:<{width}}  {value}")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(row, handle, indent=2)
+        write_results(args.json, row)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ over MAE's.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_throughput import cuda_peak, measure_matmul_tflops, sync  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from mimkit.pretrain.base import ema_update  # noqa: E402
 from mimkit.pretrain_cli import PretrainCLI  # noqa: E402
@@ -152,7 +152,7 @@ def main() -> None:
         )
     if args.json:
         meta = {"device": device_name, "precision": args.precision, "batch": args.batch_size}
-        Path(args.json).write_text(json.dumps({**meta, "peak": peak_note, "rows": rows}, indent=2))
+        write_results(args.json, {**meta, "peak": peak_note, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
-import json
 import math
 import os
 import platform
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from results_file import write_results
 from torch import nn
 
 ALIASES = {
@@ -555,7 +555,6 @@ def write_json(args, device, device_name, hf_version, peaks, group_peaks, rows) 
     import timm
 
     out = Path(args.json or f"benchmarks/results/pretrain_throughput_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "date": _dt.date.today().isoformat(),
         "argv": sys.argv,
@@ -580,8 +579,7 @@ def write_json(args, device, device_name, hf_version, peaks, group_peaks, rows) 
         ),
         "rows": rows,
     }
-    out.write_text(json.dumps(payload, indent=2))
-    return out
+    return write_results(out, payload)
 
 
 def main(argv: list[str] | None = None) -> int:

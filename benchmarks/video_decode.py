@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from results_file import write_results
 
 from mimkit.data.video import VideoClipDataset, VideoClipTransform
 
@@ -90,8 +90,7 @@ def main() -> None:
                 f"| {seconds / videos:.3f} |"
             )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+        write_results(args.json, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

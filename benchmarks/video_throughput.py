@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -29,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from results_file import write_results
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -217,8 +217,7 @@ def main() -> None:
             f"| {100 * row['mfu']:.1f}% | {row['relative_time']:.2f}x |"
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "peak_flops": peak, "rows": rows}, f, indent=2)
+        write_results(args.json, {"args": vars(args), "peak_flops": peak, "rows": rows})
 
 
 if __name__ == "__main__":

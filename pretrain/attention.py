@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import functools
 import importlib
-import logging
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from timm.layers import Attention as TimmAttention
 from torch import Tensor, nn
 
@@ -30,14 +30,13 @@ __all__ = [
 AttentionBackend = Literal["auto", "xformers", "sdpa", "math"]
 BACKENDS: tuple[str, ...] = ("auto", "xformers", "sdpa", "math")
 
-log = logging.getLogger(__name__)
 _announced: set[str] = set()
 
 
 def _announce(message: str) -> None:
     if message not in _announced:
         _announced.add(message)
-        log.info(message)
+        rank_zero_info(message)  # Lightning's logger: shown in every run's output
 
 
 def _import_xformers_ops():

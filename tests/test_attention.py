@@ -1,4 +1,3 @@
-import logging
 
 import pytest
 import torch
@@ -38,11 +37,17 @@ def test_backend_attention_equals_timm_attention():
         torch.testing.assert_close(BackendAttention(source, backend).eval()(x), expected)
 
 
-def test_auto_picks_sdpa_on_cpu(caplog):
+def test_auto_picks_sdpa_on_cpu_and_says_so_once(monkeypatch):
+    from mimkit.pretrain import attention
+
+    said = []
+    monkeypatch.setattr(attention, "rank_zero_info", said.append)
+    monkeypatch.setattr(attention, "_announced", set())
     attn, _ = _pair("auto", "math")
-    with caplog.at_level(logging.INFO, logger="mimkit.pretrain.attention"):
-        attn(torch.randn(1, 4, 64))
+    attn(torch.randn(1, 4, 64))
+    attn(torch.randn(1, 4, 64))
     assert attn._resolved == "sdpa"
+    assert said == ["attention backend: sdpa (requested auto)"]
 
 
 def test_explicit_xformers_on_cpu_fails_clearly():

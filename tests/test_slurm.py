@@ -286,3 +286,35 @@ def test_dry_run_prints_the_filled_template(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [recipe]  # nothing written or submitted
     checked = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
     assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.parametrize("named", [None, "split", "joined"])
+def test_the_template_runs_in_the_job_dir_or_the_one_the_command_names(tmp_path, named):
+    """The sbatch script with a stand-in ``srun`` that records the command it is given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    srun = bin_dir / "srun"
+    srun.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$SRUN_ARGS"\n')
+    srun.chmod(0o755)
+    earlier = tmp_path / "runs" / "mimkit-r-41"
+    command = ["pretrain", "fit", "--config", "r.yaml"]
+    if named == "split":
+        command += ["--trainer.default_root_dir", str(earlier)]
+    elif named == "joined":
+        command += [f"--trainer.default_root_dir={earlier}"]
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SRUN_ARGS=str(tmp_path / "a"),
+               SLURM_JOB_NAME="mimkit-r", SLURM_JOB_ID="42", SLURM_JOB_NODELIST="n1",
+               SLURM_JOB_NUM_NODES="1", SLURM_NTASKS_PER_NODE="2", MASTER_ADDR="127.0.0.1",
+               MIMKIT_RUNS_ROOT=str(tmp_path / "runs"))  # fmt: skip
+    template = Path(__file__).resolve().parents[1] / "slurm" / "pretrain.sbatch"
+    done = subprocess.run(["bash", str(template), *command], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    args = (tmp_path / "a").read_text().splitlines()
+    run_dir = tmp_path / "runs" / "mimkit-r-42" if named is None else earlier
+    assert run_dir.is_dir() and f"run dir {run_dir}," in done.stdout
+    roots = [a for i, a in enumerate(args) if "default_root_dir" in a or
+             (i and args[i - 1] == "--trainer.default_root_dir")]  # fmt: skip
+    assert len([r for r in roots if r.startswith("--trainer.default_root_dir")]) == 1
+    assert str(run_dir) in " ".join(roots)
+    assert args[-2:] == ["--ckpt_path", "last"]
