@@ -149,12 +149,15 @@ def eval_batches(
     if split == "train":
         dataset = getattr(datamodule, "train_dataset", None)
         if dataset is None:
-            raise ValueError(f"{type(datamodule).__name__} has no training split")
+            raise ConfigError(f"{type(datamodule).__name__} has no training split")
         dataset = _eval_view(datamodule, dataset, val)
     elif split == "val":
         dataset = val
         if dataset is None:
-            raise ValueError(f"{type(datamodule).__name__} has no validation split")
+            raise ConfigError(
+                f"{type(datamodule).__name__} has no validation split, which k-NN and the "
+                "cached probe score; give it one (for ImageFolder: --data.init_args.val_root DIR)"
+            )
     else:
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     loader = DataLoader(

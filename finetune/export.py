@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,14 @@ def export_encoder(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]
     state = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out), metadata={"mimkit": json.dumps(meta)})
+    out.chmod(_default_file_mode())  # safetensors writes 0600; readable like the JSON beside it
     sidecar = out.with_suffix(".json")
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     return out, sidecar
+
+
+def _default_file_mode() -> int:
+    """The mode a newly created file gets under the process umask (``0o666 & ~umask``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

@@ -8,17 +8,24 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser
 
 from mimkit.data import ReportSkippedSamples
 from mimkit.finetune import CheckpointError, ConfigError, FineTune, LinearProbe
+from mimkit.finetune.features import Pool
 from mimkit.pretrain import ViTEncoder
 
+from .cli import argv_for
 from .pretrain_cli import MimkitCLI
 
 __all__ = ["EvalCLI", "run_export", "run_finetune", "run_knn", "run_probe"]
+
+DESCRIPTIONS = {
+    "mimkit finetune": "Fine-tune a pretrained encoder with a classification head (MAE's recipe).",
+    "mimkit probe": "Train a linear classifier on the frozen features of a pretrained encoder.",
+}
 
 #: Errors with a message meant for the user: printed alone, no stack trace.
 USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, ConfigError)
@@ -53,7 +60,7 @@ class EvalCLI(MimkitCLI):
                 "callbacks": [LearningRateMonitor(logging_interval="step"), ReportSkippedSamples()],
                 "default_root_dir": root,
             },
-            parser_kwargs={"prog": prog},
+            parser_kwargs={"prog": prog, "description": DESCRIPTIONS.get(prog)},
             **kwargs,
         )
 
@@ -85,7 +92,8 @@ def run_finetune(args: Sequence[str]) -> int:
     """``mimkit finetune {fit,validate,test} --config R.yaml --model.init_from CKPT ...``."""
 
     def run() -> int:
-        EvalCLI(FineTune, "mimkit finetune", "runs/finetune", args=list(args))
+        with argv_for("mimkit finetune", args):
+            EvalCLI(FineTune, "mimkit finetune", "runs/finetune")
         return 0
 
     return _guarded("mimkit finetune", run)
@@ -95,7 +103,8 @@ def run_probe(args: Sequence[str]) -> int:
     """``mimkit probe {fit,validate,test} --config R.yaml --model.init_from CKPT ...``."""
 
     def run() -> int:
-        EvalCLI(LinearProbe, "mimkit probe", "runs/probe", args=list(args))
+        with argv_for("mimkit probe", args):
+            EvalCLI(LinearProbe, "mimkit probe", "runs/probe")
         return 0
 
     return _guarded("mimkit probe", run)
@@ -105,6 +114,7 @@ def knn_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="mimkit knn",
         description="Weighted k-NN (cosine, exp(sim/T) votes) top-1/top-5 of frozen features.",
+        allow_abbrev=False,
     )
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_argument("--init_from", type=str, required=True, help="checkpoint to evaluate")
@@ -115,14 +125,26 @@ def knn_parser() -> ArgumentParser:
         help="explicit encoder, for checkpoints that do not describe theirs",
     )
     parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--temperature", type=float, default=0.07)
-    parser.add_argument("--pool", type=str, default="cls", choices=["cls", "avg"])
+    parser.add_argument("--k", type=int, default=20, help="neighbours that vote (DINO: 20)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.07, help="votes weigh exp(cosine / T)"
+    )
+    parser.add_argument(
+        "--pool", type=Pool, default="cls", help="features: class token or mean of patch tokens"
+    )
     parser.add_argument("--device", type=str | None, default=None, help="default: cuda if any")
-    parser.add_argument("--batch_size", type=int | None, default=None)
-    parser.add_argument("--query_batch", type=int, default=1024)
-    parser.add_argument("--train_chunk", type=int, default=65536)
-    parser.add_argument("--half", type=bool, default=False, help="keep features in float16")
+    parser.add_argument(
+        "--batch_size", type=int | None, default=None, help="feature batch (default: the data's)"
+    )
+    parser.add_argument(
+        "--query_batch", type=int, default=1024, help="queries scored at once (memory)"
+    )
+    parser.add_argument(
+        "--train_chunk", type=int, default=65536, help="training features per similarity block"
+    )
+    parser.add_argument(
+        "--half", action=ActionYesNo, nargs="?", default=False, help="keep features in float16"
+    )
     parser.add_argument("--output", type=str | None, default=None, help="write results as JSON")
     return parser
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .help_format import DefaultsHelpFormatter
+
 __all__ = ["MemoryModel", "saved_activation_bytes", "memory_model", "choose_batch", "main"]
 
 # Dense peak TFLOP/s for bf16 (tensor cores), used only for the expected step time.
@@ -231,17 +233,28 @@ def _gib(value: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mimkit plan", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="mimkit plan",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=DefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
     parser.add_argument("--config", required=True, help="pretraining recipe (YAML)")
     parser.add_argument(
         "--gpus", type=int, required=True, help="GPUs in total (nodes x GPUs per node)"
     )
     parser.add_argument("--gpu-memory", default="80GB", help="memory per GPU, e.g. 80GB")
     parser.add_argument(
-        "--gpu-name", default="H100", help=f"for the step-time estimate: {sorted(PEAK_BF16_TFLOPS)}"
+        "--gpu-name",
+        default="H100",
+        type=str.upper,
+        choices=sorted(PEAK_BF16_TFLOPS),
+        help="GPU whose dense bf16 peak the step-time estimate uses",
     )
     parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilization")
-    parser.add_argument("--effective-batch", type=int, help="target (default: the recipe's)")
+    parser.add_argument(
+        "--effective-batch", type=int, help="target effective batch; None: the recipe's"
+    )
     parser.add_argument("--measure", action="store_true", help="on CUDA: measure the chosen batch")
     parser.epilog = "Other options are recipe overrides, e.g. --data.img_size=256."
     args, overrides = parser.parse_known_args(argv)
@@ -279,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     batch, accumulation = choice
-    peak = PEAK_BF16_TFLOPS.get(args.gpu_name.upper(), 989.0) * (1.0 if autocast_dtype else 0.5)
+    peak = PEAK_BF16_TFLOPS[args.gpu_name] * (1.0 if autocast_dtype else 0.5)
     step = estimate.flops_per_sample * batch * accumulation / (peak * 1e12 * args.mfu)
     print(
         f"per-GPU batch: {batch}\naccumulation: {accumulation}\nactivation checkpointing: {'yes' if checkpointing else 'no'}"

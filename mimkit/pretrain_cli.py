@@ -26,6 +26,14 @@ class MimkitCLI(LightningCLI):
     config is saved in the logger's run folder, and unknown keys are errors.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The optimizer is the model's (``model.optimizer``, with mimkit's lr scaling, weight
+        # decay groups and schedule): no top-level --optimizer / --lr_scheduler that bypass it.
+        kwargs.setdefault("auto_configure_optimizers", False)
+        # A mistyped option must be an error, also when it is a prefix of a real one.
+        parser_kwargs = {"allow_abbrev": False, **kwargs.pop("parser_kwargs", {})}
+        super().__init__(*args, parser_kwargs=parser_kwargs, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # Lightning 2.6 writes last.ckpt only together with a top-k save: keep the latest one.

@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from .help_format import DefaultsHelpFormatter
+
 TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "pretrain.sbatch"
 
 
@@ -36,8 +38,11 @@ class SubmitError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mimkit submit",
-        description="Submit a mimkit command (default: pretrain fit) to SLURM. Put the mimkit "
-        "command after `--`, e.g. `-- pretrain fit --config R.yaml`.",
+        description="Submit a mimkit command to SLURM. Put the mimkit command after `--`, "
+        "e.g. `-- pretrain fit --config R.yaml`; the job resumes from its run directory's "
+        "last.ckpt when requeued.",
+        formatter_class=DefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     add = parser.add_argument
     add("--nodes", type=int, default=1, help="nodes (trainer.num_nodes)")
@@ -51,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cpus-per-task", type=int, default=10, help="CPU cores per task (data workers + 1)")
     add("--mem", default=None, help="memory per node, e.g. 480G (default: the cluster's)")
     add("--time", default="48:00:00", help="time limit, e.g. 48:00:00")
-    add("--partition", default=None)
-    add("--account", default=None)
-    add("--qos", default=None)
-    add("--constraint", default=None)
+    add("--partition", default=None, help="#SBATCH --partition (default: the cluster's)")
+    add("--account", default=None, help="#SBATCH --account to charge")
+    add("--qos", default=None, help="#SBATCH --qos")
+    add("--constraint", default=None, help="#SBATCH --constraint, e.g. a GPU feature")
     add("--job-name", default=None, help="default: mimkit-<recipe name>")
     add("--signal-lead", type=int, default=120, help="seconds of SIGUSR1 warning before the limit")
     add(

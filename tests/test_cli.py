@@ -143,6 +143,27 @@ def test_config_typos_are_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "fit", "--config", str(typo)])
     assert "norm_pix_los" in capsys.readouterr().err
+    recipes = {
+        "pretrain": recipe,
+        "finetune": str(ROOT / "recipes/finetune/digits_quickstart.yaml"),
+        "probe": str(ROOT / "recipes/probe/linear_digits_quickstart.yaml"),
+    }
+    for command, config in recipes.items():  # a prefix of a real option is a typo too
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "fit", "--config", config, "--trainer.max_step", "3"])
+        assert exit_info.value.code != 0
+        assert "--trainer.max_step 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "probe"])
+def test_the_optimizer_is_only_the_models(command, capsys, recwarn):
+    """No top-level --optimizer that would bypass lr scaling, decay groups and schedule."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "fit", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--model" in out and "\n  --optimizer" not in out and "--lr_scheduler" not in out
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]
 
 
 def test_help_documents_options(capsys):

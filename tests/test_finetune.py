@@ -89,6 +89,8 @@ def test_export_loads_strictly_into_timm_with_same_features(mae_ckpt, tmp_path):
     out = tmp_path / "enc.safetensors"
     assert main(["export", str(mae_ckpt), str(out)]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
+    # both files as readable as any new file (safetensors alone would write 0600)
+    assert out.stat().st_mode & 0o777 == out.with_suffix(".json").stat().st_mode & 0o777
     assert meta["timm_name"] == "vit_tiny_patch16_224"
     assert meta["timm_kwargs"] == {"img_size": 32, "in_chans": 3, "patch_size": 8, "depth": 2}
     assert len(meta["mean"]) == len(meta["std"]) == 3

@@ -80,3 +80,16 @@ def test_each_feature_is_normalized_once(monkeypatch):
     assert sum(rows) == 100 + 40  # 4 query batches used to renormalize 4 x 100 rows
     ref = topk_accuracy(brute_force_scores(train, labels, test, 4, 20, 0.07), labels[:40])
     assert got == pytest.approx(ref)
+
+
+def test_knn_command_options_parse_as_documented():
+    from mimkit.finetune_cli import knn_parser
+
+    parser = knn_parser()
+    base = ["--init_from", "x.ckpt", "--data.class_path", "mimkit.data.Digits"]
+    halves = [parser.parse_args(base + extra).half for extra in
+              ([], ["--half"], ["--half", "true"], ["--no_half"])]  # fmt: skip
+    assert halves == [False, True, True, False]
+    assert parser.parse_args([*base, "--pool", "avg"]).pool == "avg"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--pool", "max"])
