@@ -160,8 +160,9 @@ class TwoCropViews(ViewPair):
     """ViC-MAE's image views: two independent random resized crops with SimCLR colour.
 
     Each view: random resized crop, horizontal flip, colour jitter (0.4, 0.4, 0.2,
-    0.1, p = 0.8) and grayscale (p = 0.2); Gaussian blur on the first view and
-    solarization (p = 0.2) on the second, as in the official pipeline.
+    0.1, p = 0.8) and grayscale (p = 0.2); Gaussian blur (always; kernel 5 x 9, sigma 0.1
+    to 2) on the first view and solarization (p = 0.2) on the second, as in the official
+    pipeline.
 
     Args:
         scale: area range of each crop (0.08 to 1, torchvision's default, as in ViC-MAE).
@@ -190,7 +191,7 @@ class TwoCropViews(ViewPair):
         return v2.Compose([*steps, _clamp01, v2.Normalize(mean, std)])
 
     def build(self, img_size: int, mean: Sequence[float], std: Sequence[float]) -> ViewTransform:
-        blur = v2.GaussianBlur(kernel_size=2 * (img_size // 20) + 1, sigma=(0.1, 2.0))
+        blur = v2.GaussianBlur(kernel_size=(5, 9), sigma=(0.1, 2.0))  # ViC-MAE's pretrain.py
         first = self._one(img_size, mean, std, [blur])
         second = self._one(img_size, mean, std, [v2.RandomSolarize(0.5, p=0.2)])
         return _Independent(first, second)
