@@ -8,7 +8,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 
 class ReportSkippedSamples(L.Callback):
-    """Log and warn about skipped samples at the end of each train / validation epoch.
+    """Log and warn about skipped samples at the end of each train / validation / test epoch.
 
     Reads ``trainer.datamodule.skipped_samples`` (``dict[str, int]`` keyed by stage) and
     ``trainer.datamodule.skipped_paths`` (``dict[str, list[str]]``), duck-typed: a datamodule
@@ -23,6 +23,9 @@ class ReportSkippedSamples(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stage = trainer.state.stage
         self._report(trainer, pl_module, stage.value if stage is not None else "validate")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module, "test")
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = getattr(trainer, "datamodule", None)

@@ -236,6 +236,9 @@ class _TinyModel(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         assert "skipped_paths" not in batch
 
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        assert "skipped_paths" not in batch
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
@@ -273,6 +276,14 @@ def test_trainer_reports_skipped_files(tmp_path: Path, num_workers: int) -> None
     assert trainer.callback_metrics["data/skipped_train"].item() == 2
     assert trainer.callback_metrics["data/skipped_validate"].item() == 2
     assert dm.skipped_samples["train"] == 0  # reset for the next epoch
+    if num_workers == 0:  # the test stage is reported too
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.test(_TinyModel(), datamodule=dm)
+        messages = [str(w.message) for w in caught if "unreadable" in str(w.message)]
+        assert any("Skipped 2 unreadable" in m and "during test" in m for m in messages)
+        assert trainer.callback_metrics["data/skipped_test"].item() == 2
+        assert dm.skipped_samples["test"] == 0
 
 
 def test_trainer_runs_without_validation_source() -> None:
