@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mimkit.pretrain import ViTEncoder
+from mimkit.pretrain.errors import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -21,10 +22,6 @@ __all__ = [
 ]
 
 Pool = Literal["cls", "avg"]
-
-
-class ConfigError(ValueError):
-    """An evaluation setting contradicts the data or the checkpoint; the message says how."""
 
 
 def pool_tokens(tokens: Tensor, pool: Pool, num_prefix_tokens: int) -> Tensor:

@@ -109,7 +109,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mimkit: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    return table[command](rest)
+    try:
+        return table[command](rest)
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None or os.environ.get("MIMKIT_TRACEBACK"):
+            raise
+        print(f"mimkit {command}: error: {cause}", file=sys.stderr)
+        print("(MIMKIT_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+        return 2
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """The exception in ``error``'s chain whose message is for the user, if any.
+
+    Those are mimkit's own configuration and checkpoint errors and missing files or
+    folders; the CLI prints them as one line. Everything else keeps its traceback.
+    """
+    from mimkit.finetune import CheckpointError
+    from mimkit.pretrain.errors import ConfigError
+
+    kinds = (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError)
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 if __name__ == "__main__":

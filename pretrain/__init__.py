@@ -4,6 +4,7 @@ from .attention import BackendAttention, use_backend, xformers_available
 from .base import PretrainModule, default_adamw, ema_update, momentum_at, warmup_cosine
 from .decoder import MAEDecoder
 from .encoder import ViTEncoder, gather_tokens
+from .errors import BackendUnavailableError, ConfigError
 from .mae import MAE
 from .masking import (
     BlockMasking,
@@ -20,7 +21,9 @@ from .preview import ReconstructionPreview
 __all__ = [
     "MAE",
     "BackendAttention",
+    "BackendUnavailableError",
     "BlockMasking",
+    "ConfigError",
     "MAEDecoder",
     "Mask",
     "MaskGenerator",

@@ -19,6 +19,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from timm.layers import Attention as TimmAttention
 from torch import Tensor, nn
 
+from .errors import BackendUnavailableError
+
 __all__ = [
     "AttentionBackend",
     "BackendAttention",
@@ -97,7 +99,7 @@ class BackendAttention(nn.Module):
         self.backend: str = backend
         self._resolved: str | None = None
         if backend == "xformers" and _import_xformers_ops() is None:
-            raise RuntimeError(
+            raise BackendUnavailableError(
                 "attn_backend='xformers' was requested but xformers is not installed "
                 "(pip install 'mimkit[xformers]' on a CUDA machine); "
                 "use attn_backend='sdpa' or 'auto' instead."
@@ -110,13 +112,13 @@ class BackendAttention(nn.Module):
         """Picks the kernel for these inputs; ``q`` is ``(B, N, H, D)``."""
         if self.backend == "xformers":
             if not q.is_cuda:
-                raise RuntimeError(
+                raise BackendUnavailableError(
                     f"attn_backend='xformers' cannot run on {q.device.type} tensors: xformers "
                     "has kernels for CUDA only. Use attn_backend='sdpa' (or 'auto', which "
                     "falls back to sdpa) on this machine."
                 )
             if not self._xformers_runs(q, fallback=False):
-                raise RuntimeError(
+                raise BackendUnavailableError(
                     "attn_backend='xformers' was requested but xformers has no working operator "
                     f"for {q.dtype} inputs with head size {q.shape[-1]} on this GPU (often a wheel "
                     "built for another torch version). Use attn_backend='sdpa' or 'auto'."

@@ -13,6 +13,7 @@ from torch import Tensor
 from .base import PretrainModule
 from .decoder import MAEDecoder
 from .encoder import ViTEncoder, gather_tokens
+from .errors import ConfigError
 from .masking import Mask, MaskGenerator, TubeMasking, dual_mask_queries
 from .patches import normalize_patches
 
@@ -178,7 +179,7 @@ class VideoMAE(PretrainModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         frames = getattr(datamodule, "num_frames", None)
         if frames is not None and frames != self.encoder.num_frames:
-            raise ValueError(
+            raise ConfigError(
                 f"the data gives {frames}-frame clips but the encoder is built for "
                 f"{self.encoder.num_frames}; set data.init_args.num_frames and "
                 "model.init_args.encoder.init_args.num_frames to the same value"

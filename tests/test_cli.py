@@ -155,6 +155,27 @@ def test_config_typos_are_errors(tmp_path, capsys):
         assert "--trainer.max_step 3" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--model.encoder.init_args.attn_backend", "xformers"], "attn_backend='xformers' was"),
+        (["--data.class_path", "mimkit.data.ImageFolder", "--data.init_args.root", "/no/such"],
+         "Image source /no/such does not exist"),
+    ],
+)  # fmt: skip
+def test_user_errors_are_one_line(override, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MIMKIT_TRACEBACK", raising=False)
+    recipe = str(ROOT / "recipes/quickstart/mae_digits.yaml")
+    args = ["pretrain", "fit", "--config", recipe, *override, *CPU_TRAINER,
+            "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"mimkit pretrain: error: {message}" in err and "Traceback" not in err
+    monkeypatch.setenv("MIMKIT_TRACEBACK", "1")
+    with pytest.raises(Exception, match=message.split(" was")[0].split(" does")[0]):
+        main(args)
+
+
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "probe"])
 def test_the_optimizer_is_only_the_models(command, capsys, recwarn):
     """No top-level --optimizer that would bypass lr scaling, decay groups and schedule."""
