@@ -17,6 +17,11 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 EVAL_CROP_RATIO = 0.875
 
 
+def eval_crop_ratio(img_size: int) -> float:
+    """MAE's (``util/datasets.py``): 224/256 up to 224 px; above, resize straight to the size."""
+    return EVAL_CROP_RATIO if img_size <= 224 else 1.0
+
+
 def mae_train_transform(
     img_size: int,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -49,7 +54,8 @@ def eval_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> T.Compose:
-    """Evaluation transform: resize the short side to ``img_size / 0.875``, center crop, normalize.
+    """Evaluation transform: resize the short side to ``img_size / 0.875`` (``img_size`` above
+    224 px, as MAE), center crop, normalize.
 
     Args:
         img_size: Output side length ``S``.
@@ -61,7 +67,9 @@ def eval_transform(
     """
     return T.Compose(
         [
-            T.Resize(int(img_size / EVAL_CROP_RATIO), interpolation=InterpolationMode.BICUBIC),
+            T.Resize(
+                int(img_size / eval_crop_ratio(img_size)), interpolation=InterpolationMode.BICUBIC
+            ),
             T.CenterCrop(img_size),
             T.ToTensor(),
             T.Normalize(mean, std),

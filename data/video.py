@@ -233,20 +233,36 @@ def decode_all(path: str, wanted: Any) -> dict[int, torch.Tensor]:
     return {i: torch.from_numpy(decoded[i].to_ndarray(format="rgb24")) for i in keep}
 
 
+#: VideoMAE's 13 fixed crop positions (``fix_crop`` with ``more_fix_crop``), in quarters
+#: of the room left on each axis: corners, centre, edge midpoints and quarter points.
+FIXED_CROP_POSITIONS: tuple[tuple[int, int], ...] = (
+    (0, 0), (0, 4), (4, 0), (4, 4), (2, 2),
+    (2, 0), (2, 4), (4, 2), (0, 2),
+    (1, 1), (1, 3), (3, 1), (3, 3),
+)  # fmt: skip
+
+
 def multi_scale_crop_box(
     height: int,
     width: int,
     scales: Sequence[float] = MULTI_SCALES,
     max_distort: int = 1,
     generator: torch.Generator | None = None,
+    output_size: int | None = None,
+    fix_crop: bool = True,
 ) -> tuple[int, int, int, int]:
-    """VideoMAE's multi-scale crop: ``(top, left, crop_h, crop_w)``.
+    """VideoMAE's multi-scale crop (``GroupMultiScaleCrop``): ``(top, left, crop_h, crop_w)``.
 
-    Crop height and width are drawn from ``scales`` times the short side, at most
-    ``max_distort`` steps apart in the list, and the box is placed at random.
+    Crop height and width are drawn from ``scales`` times the short side (a side within
+    3 px of ``output_size`` becomes ``output_size``), at most ``max_distort`` steps apart in
+    the list. The box sits at one of :data:`FIXED_CROP_POSITIONS` (``fix_crop``, VideoMAE's
+    default), or anywhere with ``fix_crop=False``.
     """
     short = min(height, width)
     sizes = [int(short * s) for s in scales]
+    if output_size is not None:
+        snapped = min(output_size, short)
+        sizes = [snapped if abs(size - output_size) < 3 else size for size in sizes]
     pairs = [
         (h, w)
         for i, h in enumerate(sizes)
@@ -254,9 +270,14 @@ def multi_scale_crop_box(
         if abs(i - j) <= max_distort
     ]
     crop_h, crop_w = pairs[int(torch.randint(len(pairs), (1,), generator=generator))]
-    top = int(torch.randint(height - crop_h + 1, (1,), generator=generator))
-    left = int(torch.randint(width - crop_w + 1, (1,), generator=generator))
-    return top, left, crop_h, crop_w
+    if not fix_crop:
+        top = int(torch.randint(height - crop_h + 1, (1,), generator=generator))
+        left = int(torch.randint(width - crop_w + 1, (1,), generator=generator))
+        return top, left, crop_h, crop_w
+    row, col = FIXED_CROP_POSITIONS[
+        int(torch.randint(len(FIXED_CROP_POSITIONS), (1,), generator=generator))
+    ]
+    return row * ((height - crop_h) // 4), col * ((width - crop_w) // 4), crop_h, crop_w
 
 
 class VideoClipTransform:
@@ -336,7 +357,7 @@ class VideoClipTransform:
                 )
             else:
                 top, left, crop_h, crop_w = multi_scale_crop_box(
-                    height, width, self.scales, 1, generator
+                    height, width, self.scales, 1, generator, output_size=self.img_size
                 )
             clip = TF.resized_crop(clip, top, left, crop_h, crop_w, size, antialias=True)
             if self.flip and bool(torch.rand((), generator=generator) < 0.5):

@@ -31,6 +31,14 @@ def _drain(datamodule, loader) -> list[dict]:
 # --- transforms -------------------------------------------------------------------------------
 
 
+def test_eval_resize_follows_mae_above_224_px() -> None:
+    image = Image.new("RGB", (600, 500))
+    resize = lambda size: eval_transform(size).transforms[0].size  # noqa: E731
+    assert resize(224) == 256 and resize(32) == 36  # 0.875 crop ratio
+    assert resize(384) == 384 and resize(448) == 448  # MAE: resize to the size, no margin
+    assert eval_transform(448)(image).shape == (3, 448, 448)
+
+
 def test_transforms_shapes() -> None:
     image = Image.new("RGB", (50, 40), (255, 0, 0))
     assert mae_train_transform(24, (0.5,) * 3, (0.5,) * 3)(image).shape == (3, 24, 24)

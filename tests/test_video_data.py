@@ -64,12 +64,29 @@ def test_clip_indices():
     assert all(10 * k <= i < 10 * (k + 1) for k, i in enumerate(rand))
 
 
-def test_multi_scale_crop_box_sizes():
+def test_multi_scale_crop_box_sizes_and_videomae_fixed_positions():
     gen = torch.Generator().manual_seed(0)
-    sizes = {int(48 * s) for s in (1.0, 0.875, 0.75, 0.66)}
-    for _ in range(50):
+    sizes = [int(48 * s) for s in (1.0, 0.875, 0.75, 0.66)]  # 48, 42, 36, 31
+    positions, shapes = set(), set()
+    for _ in range(400):
         top, left, h, w = multi_scale_crop_box(48, 64, generator=gen)
-        assert h in sizes and w in sizes and top + h <= 48 and left + w <= 64
+        assert abs(sizes.index(h) - sizes.index(w)) <= 1  # max_distort 1
+        assert top + h <= 48 and left + w <= 64
+        row_step, col_step = (48 - h) // 4, (64 - w) // 4
+        shapes.add((h, w))
+        if row_step and col_step:  # a full-height crop has one row position only
+            assert top % row_step == 0 and left % col_step == 0
+            positions.add((top // row_step, left // col_step))
+    # the 13 positions of VideoMAE's GroupMultiScaleCrop (fix_crop, more_fix_crop)
+    assert positions == {
+        (0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2),
+        (1, 1), (1, 3), (3, 1), (3, 3),
+    }  # fmt: skip
+    assert len(shapes) == 10  # 4 + 3 + 3 (h, w) pairs at most one scale apart
+    free = {multi_scale_crop_box(48, 64, generator=gen, fix_crop=False)[:2] for _ in range(200)}
+    assert len(free) > 13  # anywhere when not fixed
+    snapped = {multi_scale_crop_box(48, 64, generator=gen, output_size=40)[2] for _ in range(200)}
+    assert 40 in snapped and 42 not in snapped  # 42 is within 3 px of the 40 output: snaps
 
 
 def test_clip_dataset_repeated_sampling_and_normalization(tmp_path):
