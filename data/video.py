@@ -125,19 +125,27 @@ def clip_indices(
     train: bool,
     generator: torch.Generator | None = None,
     position: float = 0.5,
+    fps: float | None = None,
+    target_fps: float | None = None,
 ) -> list[int]:
     """Frame indices of one clip.
 
     ``random``: ``num_frames`` frames ``sampling_rate`` apart from a random start (when not
     training, the start at ``position`` of the room left, 0.5 = centered), clamped to the
-    last frame for short videos (Kinetics). ``uniform``: the video is split into
-    ``num_frames`` equal segments and one frame is taken from each, at a random offset when
-    training and at ``position`` of each segment otherwise (TSN-style, as VideoMAE samples
-    Something-Something V2).
+    last frame for short videos (Kinetics). With ``target_fps`` and the video's ``fps``
+    (MAE-ST) the clip spans ``sampling_rate * num_frames`` frames at ``target_fps``, the
+    same duration whatever the video's rate: ``num_frames`` indices spread evenly over
+    ``sampling_rate * num_frames / target_fps * fps`` frames from a random (float) start.
+    ``uniform``: the video is split into ``num_frames`` equal segments and one frame is taken
+    from each, at a random offset when training and at ``position`` of each segment
+    otherwise (TSN-style, as VideoMAE samples Something-Something V2).
 
     Args:
         position: Where an evaluation clip sits, in ``[0, 1]``; multi-clip testing spreads
             it over the clips (:func:`eval_clip_positions`).
+        fps: The video's frame rate, when known.
+        target_fps: Rate the stride refers to (MAE-ST: 30); ``None`` keeps the stride in
+            decoded frames.
     """
     if not 0.0 <= position <= 1.0:
         raise ValueError(f"position must be in [0, 1], got {position}")
@@ -150,6 +158,11 @@ def clip_indices(
             else torch.full((num_frames,), min(position, 1 - 1e-6))
         )
         index = (edges[:-1] + offset * width).floor().long()
+    elif sampling == "random" and target_fps and fps:
+        span = sampling_rate * num_frames / target_fps * fps
+        room = max(num_video_frames - span, 0.0)
+        start = float(torch.rand((), generator=generator)) * room if train else position * room
+        index = torch.linspace(start, start + span - 1, num_frames).long()
     elif sampling == "random":
         span = (num_frames - 1) * sampling_rate + 1
         room = max(0, num_video_frames - span)
@@ -180,13 +193,14 @@ def eval_clip_positions(count: int, sampling: Sampling) -> list[float]:
 
 
 def decode_frames(path: str, wanted: Any) -> dict[int, torch.Tensor]:
-    """Decodes the frames of a video that ``wanted(num_frames)`` asks for.
+    """Decodes the frames of a video that ``wanted(num_frames, fps)`` asks for.
 
     Args:
         path: Video file.
-        wanted: Callable mapping the video's frame count to the set of frame indices to
-            keep; called with the container's count when it is known (decoding then stops
-            after the last wanted frame), else after decoding every frame.
+        wanted: Callable mapping the video's frame count and frame rate (``None`` when the
+            container has none) to the set of frame indices to keep; called with the
+            container's count when it is known (decoding then stops after the last wanted
+            frame), else after decoding every frame.
 
     Returns:
         ``{index: (H, W, 3) uint8}`` for the wanted indices.
@@ -197,7 +211,8 @@ def decode_frames(path: str, wanted: Any) -> dict[int, torch.Tensor]:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         count = int(stream.frames or 0)
-        keep = set(wanted(count)) if count > 0 else None
+        fps = float(stream.average_rate) if stream.average_rate else None
+        keep = set(wanted(count, fps)) if count > 0 else None
         last = max(keep) if keep else -1
         frames: dict[int, torch.Tensor] = {}
         decoded: list[Any] = []
@@ -212,7 +227,7 @@ def decode_frames(path: str, wanted: Any) -> dict[int, torch.Tensor]:
     if keep is None:
         if not decoded:
             return {}
-        keep = set(wanted(len(decoded)))
+        keep = set(wanted(len(decoded), fps))
         frames = {i: torch.from_numpy(decoded[i].to_ndarray(format="rgb24")) for i in keep}
     elif keep - frames.keys():  # the container overstated its frame count
         return decode_all(path, wanted)
@@ -226,10 +241,11 @@ def decode_all(path: str, wanted: Any) -> dict[int, torch.Tensor]:
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        fps = float(stream.average_rate) if stream.average_rate else None
         decoded = list(container.decode(stream))
     if not decoded:
         return {}
-    keep = set(wanted(len(decoded)))
+    keep = set(wanted(len(decoded), fps))
     return {i: torch.from_numpy(decoded[i].to_ndarray(format="rgb24")) for i in keep}
 
 
@@ -414,6 +430,9 @@ class VideoClipDataset(FileSamples):
         views: A two-view transform taking two images (``TwoCropViews``): in training the
             clip's first and last frames become ``"views"`` (``(3, S, S)`` each) and
             ``"pixels"`` is the first view.
+        target_fps: Frame rate the stride refers to (MAE-ST: 30): a clip then lasts
+            ``sampling_rate * num_frames / target_fps`` seconds in any video
+            (:func:`clip_indices`); ``None``: the stride counts decoded frames (VideoMAE).
     """
 
     def __init__(
@@ -429,6 +448,7 @@ class VideoClipDataset(FileSamples):
         test_clips: int = 1,
         test_crops: int = 1,
         views: Any = None,
+        target_fps: float | None = None,
     ) -> None:
         if test_crops < 1:
             raise ValueError(f"test_crops must be >= 1, got {test_crops}")
@@ -443,13 +463,14 @@ class VideoClipDataset(FileSamples):
         self.train = transform.train if train is None else train
         self.repeat_aug = repeat_aug
         self.min_frames = num_frames if min_frames is None else min_frames
+        self.target_fps = target_fps
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         path, label = self.samples[index]
         generator = None if self.train else torch.Generator().manual_seed(index)
         clips_idx: list[list[int]] = []
 
-        def wanted(count: int) -> set[int]:
+        def wanted(count: int, fps: float | None = None) -> set[int]:
             if count < self.min_frames:
                 return set()
             clips_idx.clear()
@@ -464,6 +485,8 @@ class VideoClipDataset(FileSamples):
                         self.train,
                         generator,
                         position,
+                        fps,
+                        self.target_fps,
                     )
                 )
             return {i for clip in clips_idx for i in clip}
@@ -557,6 +580,9 @@ class VideoFolder(MimDataModule):
             (VideoMAE: 3). With more than one view a test batch's ``"pixels"`` is
             ``(B, test_clips * test_crops, 3, T, S, S)`` and the evaluation modules average
             the views' softmax per video.
+        target_fps: Frame rate ``sampling_rate`` refers to (MAE-ST: 30), so a clip lasts
+            ``sampling_rate * num_frames / target_fps`` seconds in every video whatever its
+            rate; ``None`` (VideoMAE): ``sampling_rate`` counts decoded frames.
     """
 
     def __init__(
@@ -586,6 +612,7 @@ class VideoFolder(MimDataModule):
         test_clips: int = 1,
         test_crops: int = 1,
         views: ViewPair | None = None,
+        target_fps: float | None = None,
     ) -> None:
         if repeat_aug < 1:
             raise ValueError(f"repeat_aug must be >= 1, got {repeat_aug}")
@@ -619,6 +646,7 @@ class VideoFolder(MimDataModule):
         self.test_root = Path(test_root) if test_root is not None else self.val_root
         self.test_clips = test_clips
         self.test_crops = test_crops
+        self.target_fps = target_fps
         self.test_dataset: VideoClipDataset | None = None
 
     def _dataset(
@@ -644,6 +672,7 @@ class VideoFolder(MimDataModule):
             self.test_clips if test else 1,
             self.test_crops if test else 1,
             self._frame_views() if train else None,
+            self.target_fps,
         )
 
     def _frame_views(self) -> Any:

@@ -1,5 +1,6 @@
 """Video decoding, clip sampling, repeated sampling, broken videos and moving digits."""
 
+import itertools
 import math
 
 import pytest
@@ -22,10 +23,12 @@ av = pytest.importorskip("av")
 np = pytest.importorskip("numpy")
 
 
-def write_video(path, num_frames: int = 24, height: int = 48, width: int = 64) -> None:
+def write_video(
+    path, num_frames: int = 24, height: int = 48, width: int = 64, rate: int = 10
+) -> None:
     """An mp4 whose frame ``i`` is a flat color with red = 10 * i (frame index readable back)."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
+        stream = container.add_stream("mpeg4", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.bit_rate = 2_000_000
         for i in range(num_frames):
@@ -46,10 +49,37 @@ def test_decode_reads_the_wanted_frames(tmp_path):
     path = tmp_path / "a.mp4"
     write_video(path)
     counts = []
-    frames = decode_frames(str(path), lambda n: counts.append(n) or {2, 5, 11})
-    assert counts == [24] and sorted(frames) == [2, 5, 11]
+    frames = decode_frames(str(path), lambda n, fps: counts.append((n, fps)) or {2, 5, 11})
+    assert counts == [(24, 10.0)] and sorted(frames) == [2, 5, 11]
     assert frames[5].shape == (48, 64, 3) and frames[5].dtype == torch.uint8
     assert frame_index(torch.stack([frames[i] for i in (2, 5, 11)])) == [2, 5, 11]
+
+
+def test_clip_indices_with_a_target_fps_keep_the_clip_duration():
+    """MAE-ST: 4 frames at stride 4 of 30 fps span 16 frames at 30 fps, 8 at 15, 32 at 60."""
+    for fps, expected in ((30, [42, 47, 52, 57]), (15, [46, 48, 50, 53]), (60, [34, 44, 54, 65])):
+        got = clip_indices(100, 4, 4, "random", False, fps=float(fps), target_fps=30.0)
+        assert got == expected, (fps, got)
+    gen = torch.Generator().manual_seed(0)
+    starts = {clip_indices(100, 4, 4, "random", True, gen, fps=15.0, target_fps=30.0)[0]
+              for _ in range(50)}  # fmt: skip
+    assert len(starts) > 10 and min(starts) >= 0 and max(starts) <= 92
+    # unknown rate: the stride counts decoded frames, as without target_fps
+    no_rate = clip_indices(100, 4, 4, "random", False, target_fps=30.0)
+    assert no_rate == clip_indices(100, 4, 4, "random", False) == [43, 47, 51, 55]
+
+
+def test_clip_dataset_with_target_fps_reads_the_same_duration(tmp_path):
+    path = tmp_path / "slow.mp4"
+    write_video(path, num_frames=24, rate=10)  # 2.4 s at 10 fps
+    transform = VideoClipTransform(32, train=False, mean=(0.0,) * 3, std=(1.0,) * 3)
+    for target_fps, step in ((20.0, 1), (None, 2)):  # 4 frames x stride 2 at 20 fps = 0.4 s
+        data = VideoClipDataset(
+            [(str(path), 0)], transform, num_frames=4, sampling_rate=2, target_fps=target_fps
+        )
+        clip = (data[0]["pixels"].permute(1, 2, 3, 0) * 255).round().to(torch.uint8)
+        frames = frame_index(clip)
+        assert [b - a for a, b in itertools.pairwise(frames)] == [step] * 3, (target_fps, frames)
 
 
 def test_clip_indices():
