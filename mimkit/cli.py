@@ -115,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = user_error(error)
         if cause is None or os.environ.get("MIMKIT_TRACEBACK"):
             raise
-        print(f"mimkit {command}: error: {cause}", file=sys.stderr)
-        print("(MIMKIT_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+        print(f"mimkit {command}: error: {cause}", file=sys.stderr)  # MIMKIT_TRACEBACK=1: raise
         return 2
 
 

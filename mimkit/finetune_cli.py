@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser
 
 from mimkit.data import ReportSkippedSamples
-from mimkit.finetune import CheckpointError, ConfigError, FineTune, LinearProbe
+from mimkit.finetune import FineTune, LinearProbe
 from mimkit.finetune.features import Pool
 from mimkit.pretrain import ViTEncoder
 
@@ -26,9 +26,6 @@ DESCRIPTIONS = {
     "mimkit finetune": "Fine-tune a pretrained encoder with a classification head (MAE's recipe).",
     "mimkit probe": "Train a linear classifier on the frozen features of a pretrained encoder.",
 }
-
-#: Errors with a message meant for the user: printed alone, no stack trace.
-USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, ConfigError)
 
 
 class EvalCLI(MimkitCLI):
@@ -80,34 +77,20 @@ class EvalCLI(MimkitCLI):
         self._set_checkpoint_dir()
 
 
-def _guarded(prog: str, fn: Callable[[], int]) -> int:
-    try:
-        return fn()
-    except USER_ERRORS as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-
-
 def run_finetune(args: Sequence[str]) -> int:
     """``mimkit finetune {fit,validate,test} --config R.yaml --model.init_from CKPT ...``."""
 
-    def run() -> int:
-        with argv_for("mimkit finetune", args):
-            EvalCLI(FineTune, "mimkit finetune", "runs/finetune")
-        return 0
-
-    return _guarded("mimkit finetune", run)
+    with argv_for("mimkit finetune", args):
+        EvalCLI(FineTune, "mimkit finetune", "runs/finetune")
+    return 0
 
 
 def run_probe(args: Sequence[str]) -> int:
     """``mimkit probe {fit,validate,test} --config R.yaml --model.init_from CKPT ...``."""
 
-    def run() -> int:
-        with argv_for("mimkit probe", args):
-            EvalCLI(LinearProbe, "mimkit probe", "runs/probe")
-        return 0
-
-    return _guarded("mimkit probe", run)
+    with argv_for("mimkit probe", args):
+        EvalCLI(LinearProbe, "mimkit probe", "runs/probe")
+    return 0
 
 
 def knn_parser() -> ArgumentParser:
@@ -158,43 +141,40 @@ def run_knn(args: Sequence[str]) -> int:
     parser = knn_parser()
     cfg = parser.parse_args(list(args))
 
-    def run() -> int:
-        init = parser.instantiate_classes(cfg)
-        datamodule = init.data
-        overrides = {}
-        if init.encoder is None:  # rebuilt for the data's image size (and frame count)
-            overrides = {
-                "img_size": getattr(datamodule, "img_size", None),
-                "num_frames": getattr(datamodule, "num_frames", None),
-            }
-        encoder, report = load_encoder(cfg.init_from, init.encoder, **overrides)
-        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if cfg.half else torch.float32
-        feats = compute_features(encoder, datamodule, cfg.pool, device, cfg.batch_size, dtype)
-        num_classes = getattr(datamodule, "num_classes", None)
-        if num_classes is None:
-            num_classes = int(max(feats.train_labels.max(), feats.val_labels.max())) + 1
-        result = knn_evaluate(
-            feats, num_classes, cfg.k, cfg.temperature, device, cfg.query_batch, cfg.train_chunk
-        )
-        result.update(
-            k=cfg.k,
-            temperature=cfg.temperature,
-            pool=cfg.pool,
-            train=len(feats.train),
-            val=len(feats.val),
-            checkpoint=cfg.init_from,
-        )
-        print(
-            f"k-NN (k={cfg.k}, T={cfg.temperature}, {cfg.pool}) on {len(feats.val)} samples: "
-            f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%"
-        )
-        if cfg.output:
-            with open(cfg.output, "w") as handle:
-                json.dump(result, handle, indent=2)
-        return 0
-
-    return _guarded("mimkit knn", run)
+    init = parser.instantiate_classes(cfg)
+    datamodule = init.data
+    overrides = {}
+    if init.encoder is None:  # rebuilt for the data's image size (and frame count)
+        overrides = {
+            "img_size": getattr(datamodule, "img_size", None),
+            "num_frames": getattr(datamodule, "num_frames", None),
+        }
+    encoder, report = load_encoder(cfg.init_from, init.encoder, **overrides)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if cfg.half else torch.float32
+    feats = compute_features(encoder, datamodule, cfg.pool, device, cfg.batch_size, dtype)
+    num_classes = getattr(datamodule, "num_classes", None)
+    if num_classes is None:
+        num_classes = int(max(feats.train_labels.max(), feats.val_labels.max())) + 1
+    result = knn_evaluate(
+        feats, num_classes, cfg.k, cfg.temperature, device, cfg.query_batch, cfg.train_chunk
+    )
+    result.update(
+        k=cfg.k,
+        temperature=cfg.temperature,
+        pool=cfg.pool,
+        train=len(feats.train),
+        val=len(feats.val),
+        checkpoint=cfg.init_from,
+    )
+    print(
+        f"k-NN (k={cfg.k}, T={cfg.temperature}, {cfg.pool}) on {len(feats.val)} samples: "
+        f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%"
+    )
+    if cfg.output:
+        with open(cfg.output, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return 0
 
 
 def run_export(args: Sequence[str]) -> int:
@@ -211,13 +191,10 @@ def run_export(args: Sequence[str]) -> int:
     parser.add_argument("out", help="target .safetensors file; OUT.json is written beside it")
     ns = parser.parse_args(list(args))
 
-    def run() -> int:
-        tensors, sidecar = export_encoder(ns.checkpoint, ns.out)
-        print(f"wrote {tensors} and {sidecar}")
-        return 0
-
     try:
-        return _guarded("mimkit export", run)
-    except ValueError as err:
+        tensors, sidecar = export_encoder(ns.checkpoint, ns.out)
+    except ValueError as err:  # an output format it cannot write (mimkit's main reports the rest)
         print(f"mimkit export: error: {err}", file=sys.stderr)
         return 2
+    print(f"wrote {tensors} and {sidecar}")
+    return 0
