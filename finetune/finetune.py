@@ -17,7 +17,7 @@ from torch.optim import AdamW, Optimizer
 
 from .base import ClassifierModule
 from .checkpoint import pooled_norm_config
-from .features import Pool
+from .features import Pool, pool_tokens
 
 __all__ = ["FineTune", "default_finetune_adamw"]
 
@@ -167,11 +167,7 @@ class FineTune(ClassifierModule):
         encoder = self.encoder if parts is None else parts["encoder"]
         fc_norm = self.fc_norm if parts is None else parts["fc_norm"]
         head = self.head if parts is None else parts["head"]
-        tokens = encoder(pixels)
-        if self.pool == "avg":
-            feats = tokens[:, encoder.num_prefix_tokens :].mean(dim=1)
-        else:
-            feats = tokens[:, 0]
+        feats = pool_tokens(encoder(pixels), self.pool, encoder.num_prefix_tokens)
         return head(fc_norm(feats))
 
     def forward(self, pixels: Tensor) -> Tensor:

@@ -146,11 +146,6 @@ def expand_cells(cells: Tensor, grid_size: tuple[int, ...], cell_size: int) -> T
     return grouped.expand(-1, -1, -1, cell_size, -1, cell_size).reshape(cells.shape[0], -1)
 
 
-def mask_from_bool(mask: Tensor, num_masked: int) -> Mask:
-    """A :class:`Mask` from a ``(B, N)`` bool with exactly ``num_masked`` ``True`` per row."""
-    return mask_from_scores(mask.float(), num_masked)
-
-
 def random_cell_mask(
     batch_size: int,
     grid_size: tuple[int, ...],
@@ -179,7 +174,7 @@ def random_cell_mask(
     if cell_size == 1:
         return cell_mask
     hidden = expand_cells(cell_mask.mask, grid_size, cell_size)
-    return mask_from_bool(hidden, cell_mask.num_masked * cell_size**2)
+    return mask_from_scores(hidden.float(), cell_mask.num_masked * cell_size**2)
 
 
 def block_mask(

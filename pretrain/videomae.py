@@ -280,8 +280,13 @@ class VideoMAE(PretrainModule):
         video = pixels.float()
         p, t, grid = self.patch_size, self.tubelet_size, self.encoder.grid_size
         hidden = mask.mask.unsqueeze(-1)
-        masked = patchify_video(video, p, t).masked_fill(hidden, 0.0)
-        patches = patchify_video(self.target_frames(video), p, self.pred_tubelet)
+        tubes = patchify_video(video, p, t)
+        patches = (
+            tubes
+            if self.pred_frames is None
+            else patchify_video(self.target_frames(video), p, self.pred_tubelet)
+        )
+        masked = tubes.masked_fill(hidden, 0.0)
         if self.norm_pix_loss and self.norm_per_channel:
             _, mean, std = normalize_tubelets(patches, video.shape[1])
             pred = (pred.unflatten(-1, (-1, video.shape[1])) * std + mean).flatten(-2)

@@ -1,8 +1,8 @@
 import math
 
-import lightning as L
 import pytest
 import torch
+from tiny import quiet_trainer
 from torch import nn
 
 from mimkit.data import Synthetic
@@ -14,22 +14,6 @@ from mimkit.pretrain.base import (
     warmup_cosine,
     weight_decay_groups,
 )
-
-
-def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
 
 
 class Regression(PretrainModule):

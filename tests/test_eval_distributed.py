@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
 from test_eval_exact import Flaky, FlakyData
-from tiny import tiny_encoder
+from tiny import quiet_trainer, tiny_encoder
 
 from mimkit.finetune import LinearProbe
 
@@ -25,14 +24,6 @@ def test_ddp_validation_scores_each_sample_once(tmp_path):
         probe.head[1].weight.zero_()
         probe.head[1].bias.copy_(torch.tensor([5.0, -5.0]))
     data = FlakyData(Flaky(5, bad=set(), labels=[0, 1, 1, 1, 1]), batch_size=2)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, devices=2, strategy="ddp_spawn", limit_val_batches=1.0)
     (result,) = trainer.validate(probe, datamodule=data)  # ranks read [0, 2, 4] and [1, 3]
     assert result["val/acc1"] == pytest.approx(0.2)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file
-from tiny import tiny_encoder
+from tiny import quiet_trainer, tiny_encoder
 
 from mimkit.cli import main
 from mimkit.data import Synthetic
@@ -42,17 +41,7 @@ def finetuned(tmp_path_factory) -> tuple[Path, FineTune]:
     with torch.no_grad():  # a non-trivial fc_norm: loading it (or not) shows
         model.fc_norm.weight.uniform_(0.5, 2.0)
         model.fc_norm.bias.normal_()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-    )
+    trainer = quiet_trainer(root, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(model, Synthetic(**DATA))
     path = root / "finetuned.ckpt"
     trainer.save_checkpoint(path)

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+import lightning as L
+
 from mimkit.pretrain import ViTEncoder
 
 #: Trainer overrides that make any recipe run on one CPU process in fp32.
@@ -30,6 +32,24 @@ FAST_TRAINER = [
     "--trainer.limit_val_batches",
     "1",
 ]
+
+
+def quiet_trainer(root: Any, **kwargs: Any) -> L.Trainer:
+    """A one-device CPU Trainer without logger, checkpoints, progress bar or validation
+    (unless ``kwargs`` say otherwise), writing under ``root``."""
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
 
 
 def tiny_encoder(depth: int = 1, patch_size: int = 8, **kwargs: Any) -> ViTEncoder:
