@@ -13,9 +13,15 @@ from .checkpoint import (
     read_checkpoint,
 )
 from .data import FineTuneImageFolder, eval_batches, finetune_train_transform
-from .evaluate import FeatureSet, cached_probe, compute_features, knn_evaluate
+from .evaluate import (
+    FeatureSet,
+    cached_probe,
+    compute_feature_sets,
+    compute_features,
+    knn_evaluate,
+)
 from .export import export_encoder
-from .features import extract_features, pool_tokens, pooled_features
+from .features import extract_features, extract_pooled_features, pool_tokens, pooled_features
 from .finetune import FineTune
 from .knn import knn_accuracy, knn_scores, topk_accuracy
 from .probe import LinearProbe, linear_head, train_linear_head
@@ -33,10 +39,12 @@ __all__ = [
     "RawCheckpoint",
     "build_encoder",
     "cached_probe",
+    "compute_feature_sets",
     "compute_features",
     "eval_batches",
     "export_encoder",
     "extract_features",
+    "extract_pooled_features",
     "finetune_train_transform",
     "knn_accuracy",
     "knn_evaluate",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -11,11 +12,17 @@ import torch
 from mimkit.pretrain import ViTEncoder
 
 from .data import eval_batches
-from .features import Pool, extract_features
+from .features import Pool, extract_pooled_features
 from .knn import knn_accuracy, topk_accuracy
 from .probe import train_linear_head
 
-__all__ = ["FeatureSet", "cached_probe", "compute_features", "knn_evaluate"]
+__all__ = [
+    "FeatureSet",
+    "cached_probe",
+    "compute_feature_sets",
+    "compute_features",
+    "knn_evaluate",
+]
 
 
 class FeatureSet:
@@ -44,14 +51,31 @@ def compute_features(
     dtype: torch.dtype = torch.float32,
 ) -> FeatureSet:
     """Extracts pooled features of both splits once."""
+    return compute_feature_sets(encoder, datamodule, [pool], device, batch_size, dtype)[pool]
+
+
+def compute_feature_sets(
+    encoder: ViTEncoder,
+    datamodule: L.LightningDataModule,
+    pools: Sequence[Pool],
+    device: torch.device | str | None = None,
+    batch_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, FeatureSet]:
+    """``{pool: FeatureSet}`` from one pass of the encoder over each split; every set
+    reports the time of that one extraction."""
     start = time.perf_counter()
-    train = extract_features(
-        encoder, eval_batches(datamodule, "train", batch_size), pool, device, dtype
+    train, train_labels = extract_pooled_features(
+        encoder, eval_batches(datamodule, "train", batch_size), pools, device, dtype
     )
-    val = extract_features(
-        encoder, eval_batches(datamodule, "val", batch_size), pool, device, dtype
+    val, val_labels = extract_pooled_features(
+        encoder, eval_batches(datamodule, "val", batch_size), pools, device, dtype
     )
-    return FeatureSet(*train, *val, seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return {
+        pool: FeatureSet(train[pool], train_labels, val[pool], val_labels, seconds)
+        for pool in pools
+    }
 
 
 def _num_classes(datamodule: Any, feats: FeatureSet) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -17,6 +17,7 @@ __all__ = [
     "check_pixels",
     "check_pool",
     "extract_features",
+    "extract_pooled_features",
     "pool_tokens",
     "pooled_features",
 ]
@@ -96,7 +97,6 @@ def check_pixels(pixels: Tensor, encoder: ViTEncoder) -> None:
         )
 
 
-@torch.no_grad()
 def extract_features(
     encoder: ViTEncoder,
     batches: Iterable[dict[str, Any]],
@@ -117,21 +117,42 @@ def extract_features(
     Returns:
         ``(N, D)`` features and ``(N,)`` labels, on the CPU.
     """
-    check_pool(pool, encoder)
+    feats, labels = extract_pooled_features(encoder, batches, [pool], device, dtype)
+    return feats[pool], labels
+
+
+@torch.no_grad()
+def extract_pooled_features(
+    encoder: ViTEncoder,
+    batches: Iterable[dict[str, Any]],
+    pools: Sequence[Pool],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """:func:`extract_features` for several poolings from one pass of the encoder.
+
+    Returns:
+        ``{pool: (N, D) features}`` and ``(N,)`` labels, on the CPU.
+    """
+    for pool in pools:
+        check_pool(pool, encoder)
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval().to(device)
-    feats, labels = [], []
+    feats: dict[str, list[Tensor]] = {pool: [] for pool in pools}
+    labels = []
     try:
         for batch in batches:
             pixels = batch["pixels"].to(device, non_blocking=True)
             check_pixels(pixels, encoder)
             if not len(pixels):  # every sample of the batch was unreadable (and dropped)
                 continue
-            feats.append(pooled_features(encoder(pixels), pool, encoder).to("cpu", dtype))
+            tokens = encoder(pixels)
+            for pool in pools:
+                feats[pool].append(pooled_features(tokens, pool, encoder).to("cpu", dtype))
             labels.append(batch["label"].to("cpu"))
     finally:
         encoder.train(was_training)
-    if not feats:
+    if not labels:
         raise ValueError("no batches to extract features from")
-    return torch.cat(feats), torch.cat(labels).long()
+    return {pool: torch.cat(parts) for pool, parts in feats.items()}, torch.cat(labels).long()

@@ -34,7 +34,7 @@ from .checkpoint import (
     load_encoder_state,
     read_checkpoint,
 )
-from .evaluate import cached_probe, compute_features, knn_evaluate
+from .evaluate import cached_probe, compute_feature_sets, knn_evaluate
 
 __all__ = ["main", "report"]
 
@@ -80,8 +80,8 @@ def report(
     if random_encoder is not None:
         encoders.append(("random init", random_encoder))
     for name, encoder in encoders:
-        for pool in pools:
-            feats = compute_features(encoder, datamodule, pool=pool)  # type: ignore[arg-type]
+        feature_sets = compute_feature_sets(encoder, datamodule, pools)  # type: ignore[arg-type]
+        for pool, feats in feature_sets.items():
             start = time.perf_counter()
             probe = cached_probe(
                 feats, num_classes, epochs=probe_epochs, base_lr=probe_lr, warmup_epochs=5,

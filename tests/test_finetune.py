@@ -22,6 +22,7 @@ from mimkit.finetune import (
     FineTune,
     LinearProbe,
     cached_probe,
+    compute_feature_sets,
     compute_features,
     knn_evaluate,
     load_encoder,
@@ -129,6 +130,19 @@ def test_knn_command_matches_library(mae_ckpt, tmp_path):
     assert result["val"] == 16 and result["train"] == 48
     missing = ["--init_from", str(tmp_path / "missing.ckpt"), *args[2:]]
     assert main(["knn", *missing]) == 2
+
+
+def test_one_pass_feature_sets_equal_one_pool_at_a_time(mae_ckpt, digits_features):
+    encoder, _ = load_encoder(mae_ckpt)
+    datamodule = Digits(img_size=32, batch_size=256)
+    sets = compute_feature_sets(encoder, datamodule, ["cls", "avg"])
+    assert list(sets) == ["cls", "avg"]
+    avg = compute_features(encoder, datamodule, pool="avg")
+    for pool, expected in (("cls", digits_features), ("avg", avg)):
+        torch.testing.assert_close(sets[pool].train, expected.train)
+        torch.testing.assert_close(sets[pool].val, expected.val)
+        assert torch.equal(sets[pool].val_labels, expected.val_labels)
+    assert not torch.allclose(sets["cls"].val, sets["avg"].val)
 
 
 def test_probe_fit_then_test_keeps_encoder_frozen(mae_ckpt, tmp_path, capsys):

@@ -138,7 +138,7 @@ def test_sampler_resumes_mid_epoch_and_splits_ranks():
     assert parts[0] == expected[0::2] and parts[1] == expected[1::2]
 
 
-def test_seeded_samples_do_not_touch_the_global_rng():
+def test_seeded_samples_do_not_touch_the_global_rng(monkeypatch):
     class RandomSample:
         def __len__(self):
             return 4
@@ -146,13 +146,19 @@ def test_seeded_samples_do_not_touch_the_global_rng():
         def __getitem__(self, index):
             return torch.rand(3)
 
+    def no_device_reseed(*args, **kwargs):
+        raise AssertionError("a sample read reseeded a device generator")
+
     dataset = SeededSamples(RandomSample())
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    first = dataset[(1, 123)]
-    assert torch.equal(torch.get_rng_state(), before)
-    assert torch.equal(dataset[(2, 123)], first)  # the seed, not the index or call order, decides
-    assert not torch.equal(dataset[(1, 124)], first)
+    # Masks and dropout on a GPU draw from its generator: a read must leave it alone.
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.cuda, "manual_seed_all", no_device_reseed)
+        first = dataset[(1, 123)]
+        assert torch.equal(torch.get_rng_state(), before)
+        assert torch.equal(dataset[(2, 123)], first)  # the seed, not the index or order, decides
+        assert not torch.equal(dataset[(1, 124)], first)
     torch.manual_seed(123)
     torch.testing.assert_close(first, torch.rand(3))
 
