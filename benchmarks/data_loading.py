@@ -23,11 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 from results_file import write_results
+from synthetic_images import make_images
 from torch.utils.data import DataLoader
 from video_decode import write_video  # benchmarks/ is on the path when run as a script
 
@@ -38,16 +37,6 @@ from mimkit.data.shards import ShardStream, VideoDecoder, expand_urls
 from mimkit.data.tar_reader import read_shard
 from mimkit.data.transforms import mae_train_transform
 from mimkit.data.video import VideoClipDataset, VideoClipTransform
-
-
-def make_images(folder: Path, count: int, size: int) -> None:
-    """Smooth random RGB JPEGs (upsampled noise compresses like photos, unlike raw noise)."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        small = rng.integers(0, 255, (size // 16, size // 16, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((size * 4 // 3, size), Image.BICUBIC)
-        image.save(folder / f"{i:06d}.jpg", quality=90)
 
 
 def measure(dataset, workers: int, batch_size: int, batches: int) -> float:

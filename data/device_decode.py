@@ -1,9 +1,9 @@
 """JPEG decoding and MAE's crop / flip / normalize on the training device.
 
-With ``ImageFolder(decode_on_device=True)`` the DataLoader workers only read each file's
-bytes and draw its augmentation (a random-resized-crop box from the image header and a flip
-bit, from the same RNG calls as torchvision's ``RandomResizedCrop`` and
-``RandomHorizontalFlip``). The batch is then decoded where the model runs:
+With ``ImageFolder(decode_on_device=True)`` or ``Shards(decode_on_device=True)`` the
+DataLoader workers only read each image's bytes and draw its augmentation (a
+random-resized-crop box from the image header and a flip bit, from the same RNG calls as
+torchvision's ``RandomResizedCrop`` and ``RandomHorizontalFlip``). The batch is then decoded where the model runs:
 ``torchvision.io.decode_jpeg(list, device=...)`` (nvJPEG, batched, on CUDA), each image cropped
 and resized (bicubic, antialiased) on the device, flipped, and normalized as one batch in
 float. The CPU workers do a small fraction of their usual work, so fewer of them keep a
@@ -12,6 +12,7 @@ GPU fed. Non-JPEG files are decoded by the worker and only cropped on the device
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .collate import FileSamples, collate_skipping
 
-__all__ = ["DeviceDecodeCrop", "EncodedImageDataset", "collate_encoded"]
+__all__ = ["DeviceDecodeCrop", "EncodedImageDataset", "collate_encoded", "encode_image"]
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +62,44 @@ class EncodedImageDataset(FileSamples):
         path, label = self.samples[index]
         try:
             with open(path, "rb") as handle:
-                data = handle.read()
-            with Image.open(path) as image:  # the header only, unless not a JPEG
-                top, left, height, width = RandomResizedCrop.get_params(
-                    image, self.scale, self.ratio
-                )
-                flip = bool(torch.rand(1) < 0.5)
-                if data[:2] == JPEG_MAGIC and image.format == "JPEG" and image.mode != "CMYK":
-                    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                else:
-                    encoded = TF.pil_to_tensor(image.convert("RGB"))
+                sample = encode_image(handle.read(), self.scale, self.ratio)
         except Exception as error:  # truncated, corrupt, missing, unsupported: skip and count
             log.debug("Skipping unreadable image %s: %r", path, error)
             return None
-        sample: dict[str, Any] = {
-            ENCODED: encoded,
-            "crop": torch.tensor([top, left, height, width]),
-            "flip": torch.tensor(flip),
-        }
         if label is not None:
             sample["label"] = label
         return sample
+
+
+def encode_image(
+    data: bytes, scale: Sequence[float], ratio: Sequence[float] = (3 / 4, 4 / 3)
+) -> dict[str, Any]:
+    """One image file's bytes to ``{"encoded", "crop", "flip"}`` for :class:`DeviceDecodeCrop`.
+
+    Reads only the header of a JPEG; other formats (and CMYK JPEGs, which nvJPEG does not
+    take) are decoded here. The crop box and flip bit come from torch's RNG, with the same
+    calls as torchvision's ``RandomResizedCrop`` and ``RandomHorizontalFlip``.
+
+    Args:
+        data: the file's bytes.
+        scale: area fraction range of the random resized crop.
+        ratio: aspect ratio range of the random resized crop.
+
+    Raises:
+        Exception: whatever PIL raises for bytes that are no readable image.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        top, left, height, width = RandomResizedCrop.get_params(image, list(scale), list(ratio))
+        flip = bool(torch.rand(1) < 0.5)
+        if data[:2] == JPEG_MAGIC and image.format == "JPEG" and image.mode != "CMYK":
+            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        else:
+            encoded = TF.pil_to_tensor(image.convert("RGB"))
+    return {
+        ENCODED: encoded,
+        "crop": torch.tensor([top, left, height, width]),
+        "flip": torch.tensor(flip),
+    }
 
 
 def collate_encoded(samples: list[dict[str, Any] | None]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .base import MimDataModule
 from .collate import NUM_SKIPPED, SKIPPED_PATHS, collate_skipping
+from .device_decode import DeviceDecodeCrop, collate_encoded, encode_image
 from .tar_reader import read_shard
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, mae_train_transform
 
@@ -83,6 +84,27 @@ class VideoDecoder:
         return clips[0]
 
 
+class EncodedImageSample:
+    """Raw image sample to ``{"encoded", "crop", "flip", "label"?}``, decoded later on the
+    training device (:mod:`mimkit.data.device_decode`).
+
+    Args:
+        scale: Area fraction range of the random resized crop.
+    """
+
+    def __init__(self, scale: tuple[float, float]) -> None:
+        self.scale = scale
+
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        key = next((k for k in IMAGE_KEYS if k in raw), None)
+        if key is None:
+            return None
+        sample = encode_image(raw[key], self.scale)
+        if "cls" in raw:
+            sample["label"] = int(raw["cls"])
+        return sample
+
+
 def expand_urls(urls: str | Sequence[str]) -> list[str]:
     """Shard URLs from brace patterns (``train-{000000..000127}.tar``), ``::``-joined or listed."""
     patterns = [urls] if isinstance(urls, str) else list(urls)
@@ -100,9 +122,9 @@ class ShardStream(IterableDataset):
 
     Args:
         urls: Shard URLs (paths, ``pipe:`` commands, ...).
-        transform: Maps an RGB PIL image to a float tensor ``(3, S, S)``; or, for video, a
-            callable mapping a raw sample dict to a sample dict or ``None``
-            (:class:`VideoDecoder`), with ``raw=True``.
+        transform: Maps an RGB PIL image to a float tensor ``(3, S, S)``; or, with
+            ``raw=True``, a callable mapping a raw sample dict to a sample dict or ``None``
+            (:class:`VideoDecoder`, :class:`EncodedImageSample`).
         rank: Global rank of this process.
         world_size: Number of ranks.
         shuffle_buffer: Samples held in the shuffle buffer (0: no shuffling); the shard
@@ -271,6 +293,10 @@ class Shards(MimDataModule):
             ``(B, 3, T, S, S)``); ``None`` for images.
         sampling_rate: Frame stride of video clips.
         pin_memory: Pin host memory when CUDA is available.
+        decode_on_device: Training images are decoded (nvJPEG on CUDA), cropped, resized,
+            flipped and normalized on the model's device; the workers only read the shards and
+            draw each image's crop box and flip bit (:mod:`mimkit.data.device_decode`, as
+            ``ImageFolder(decode_on_device=True)``). Images only; validation is unchanged.
     """
 
     def __init__(
@@ -291,7 +317,13 @@ class Shards(MimDataModule):
         num_frames: int | None = None,
         sampling_rate: int = 4,
         pin_memory: bool = True,
+        decode_on_device: bool = False,
     ) -> None:
+        if decode_on_device and num_frames is not None:
+            raise ValueError(
+                "decode_on_device decodes JPEG images; video shards (num_frames set) are "
+                "decoded by PyAV in the workers: drop one of the two"
+            )
         super().__init__(
             img_size=img_size,
             batch_size=batch_size,
@@ -312,6 +344,9 @@ class Shards(MimDataModule):
         self.num_frames = num_frames
         self.sampling_rate = sampling_rate
         self.persistent_workers = False  # each epoch's iterator carries its epoch number
+        self.decode_on_device = decode_on_device
+        if decode_on_device:
+            self.batch_decoder = DeviceDecodeCrop(img_size, self.mean, self.std)
 
     def _ranks(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -343,7 +378,7 @@ class Shards(MimDataModule):
                 samples_per_rank=per_rank,
                 seed=self.seed,
                 batch_size=self.batch_size,
-                raw=self.num_frames is not None,
+                raw=self.num_frames is not None or self.decode_on_device,
             )
         if self.val_urls is not None:
             self.val_dataset = ShardStream(
@@ -356,6 +391,8 @@ class Shards(MimDataModule):
             )
 
     def _decoder(self, train: bool) -> Callable[[Any], Any]:
+        if train and self.decode_on_device:
+            return EncodedImageSample(self.crop_scale)
         if self.num_frames is not None:
             return VideoDecoder(
                 self.img_size, train, self.num_frames, self.sampling_rate, self.mean, self.std
@@ -374,5 +411,5 @@ class Shards(MimDataModule):
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            collate_fn=collate_skipping,
+            collate_fn=collate_encoded if train and self.decode_on_device else collate_skipping,
         )

@@ -9,10 +9,11 @@ from typing import Any
 
 import lightning as L
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mimkit.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolder
 from mimkit.data.collate import SkipBadSamples, collate_skipping
+from mimkit.data.shards import ShardStream
 
 from .features import ConfigError
 
@@ -107,14 +108,14 @@ def _eval_view(datamodule: L.LightningDataModule, train: Dataset, val: Dataset |
             device, as two views, or by a transform with no validation one to replace it).
     """
     name = type(datamodule).__name__
+    if getattr(datamodule, "batch_decoder", None) is not None:
+        raise ConfigError(
+            f"{name} decodes and augments its training images on the device "
+            "(decode_on_device=True), so the training features would be of random crops "
+            "and flips; set data.init_args.decode_on_device: false for k-NN and cached "
+            "probes"
+        )
     if not hasattr(train, "transform"):
-        if getattr(datamodule, "batch_decoder", None) is not None:
-            raise ConfigError(
-                f"{name} decodes and augments its training images on the device "
-                "(decode_on_device=True), so the training features would be of random crops "
-                "and flips; set data.init_args.decode_on_device: false for k-NN and cached "
-                "probes"
-            )
         if getattr(train, "views", None) is not None:
             raise ConfigError(
                 f"{name}'s training samples are two augmented views; drop data.init_args.views "
@@ -130,6 +131,8 @@ def _eval_view(datamodule: L.LightningDataModule, train: Dataset, val: Dataset |
     view.transform = val.transform
     if hasattr(view, "train"):  # video: centered clips, one per video
         view.train = False
+    if isinstance(view, ShardStream):  # one in-order pass: every training sample once
+        view.resampled, view.shuffle_buffer, view.samples_per_rank = False, 0, None
     return view
 
 
@@ -160,8 +163,10 @@ def eval_batches(
             )
     else:
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if not isinstance(dataset, IterableDataset):  # a shard stream drops bad samples itself
+        dataset = SkipBadSamples(dataset, drop=True)
     loader = DataLoader(
-        SkipBadSamples(dataset, drop=True),
+        dataset,
         batch_size=batch_size or getattr(datamodule, "batch_size", 256),
         shuffle=False,
         num_workers=getattr(datamodule, "num_workers", 0),

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "results_file.py")
+HELPERS = {"results_file.py", "synthetic_images.py"}
+SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name not in HELPERS)
 
 # One interpreter for all scripts (their imports are shared): each runs as __main__ with
 # --help and must exit 0 after printing its options.
@@ -44,3 +45,27 @@ def test_results_are_written_into_a_folder_that_does_not_exist_yet(tmp_path, mon
 
     out = write_results(tmp_path / "results" / "new" / "run.json", {"rows": [1, 2]})
     assert json.loads(out.read_text()) == {"rows": [1, 2]}
+
+
+def test_end_to_end_benchmark_trains_on_every_source(tmp_path):
+    """Synthetic batches, shards (worker and device decoding) and a folder, through Lightning."""
+    out = tmp_path / "results" / "e2e.json"
+    tiny = [
+        "--model.encoder.init_args.name", "vit_tiny_patch16_224",
+        "--model.encoder.init_args.img_size", "32", "--model.encoder.init_args.patch_size", "8",
+        "--model.encoder.init_args.model_kwargs", '{"depth": 1}', "--model.decoder_depth", "1",
+        "--model.decoder_dim", "32", "--model.decoder_heads", "2",
+        "--model.compile_modules", "false",
+    ]  # fmt: skip
+    args = ["--device", "cpu", "--workers", "1", "--batch-size", "4", "--images", "16"]
+    args += ["--size", "48", "--warmup", "1", "--steps", "2", "--json", str(out), "--", *tiny]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "end_to_end.py"), *args],
+        capture_output=True, text=True, cwd=BENCHMARKS.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["source"] for row in rows] == ["synthetic", "shards", "shards+device", "folder"]
+    assert all(row["samples_per_s"] > 0 and row["batch_size"] == 4 for row in rows)
+    assert rows[0]["vs_synthetic"] == 1.0
+    assert "| shards+device | 1 | 4 |" in done.stdout

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mimkit.data import ImageFolder, Synthetic
+from mimkit.data import ImageFolder, Shards, Synthetic
+from mimkit.data.shard_writer import write_shards
 from mimkit.finetune import ConfigError, FineTuneImageFolder, eval_batches
 
 
@@ -36,9 +37,27 @@ def test_training_split_is_read_with_the_validation_transform(tmp_path):
     torch.testing.assert_close(train, pixels_of(data, "val"))  # the same files, same view
 
 
-def test_decoding_on_the_device_is_a_clear_error(tmp_path):
+def test_shard_training_split_is_read_once_in_order_without_augmentation(tmp_path):
     root = image_folder(tmp_path / "images")
-    data = ImageFolder(root, val_root=root, img_size=16, num_workers=0, decode_on_device=True)
+    urls = write_shards(root, str(tmp_path / "s-%03d.tar"), max_count=2, progress=False)
+    # resampled training with a shuffle buffer: k-NN must still see each sample once
+    data = Shards(
+        urls, val_urls=urls, img_size=16, batch_size=4, num_workers=0, resampled=True,
+        epoch_length=4, shuffle_buffer=10,
+    )  # fmt: skip
+    train = pixels_of(data, "train")
+    assert train.shape == (6, 3, 16, 16)
+    torch.testing.assert_close(train, pixels_of(data, "val"))
+
+
+@pytest.mark.parametrize("source", ["folder", "shards"])
+def test_decoding_on_the_device_is_a_clear_error(tmp_path, source):
+    root = image_folder(tmp_path / "images")
+    if source == "folder":
+        data = ImageFolder(root, val_root=root, img_size=16, num_workers=0, decode_on_device=True)
+    else:
+        urls = write_shards(root, str(tmp_path / "s-%03d.tar"), progress=False)
+        data = Shards(urls, val_urls=urls, img_size=16, num_workers=0, decode_on_device=True)
     with pytest.raises(ConfigError, match="decode_on_device: false"):
         next(eval_batches(data, "train"))
     assert len(pixels_of(data, "val")) == 6  # validation is decoded in the workers

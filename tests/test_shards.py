@@ -167,6 +167,32 @@ def test_corrupt_samples_are_skipped_counted_and_replaced(tmp_path):
     assert sorted(labels) == [i for i in range(12) if i not in (3, 7)]
 
 
+def test_device_decoding_draws_the_same_crops_and_counts_broken_samples(tmp_path):
+    listing = make_images(tmp_path / "images", 12, corrupt=(3, 7))
+    write_shards(listing, str(tmp_path / "s-%03d.tar"), progress=False)
+    batches = {}
+    for on_device in (False, True):
+        data = Shards(
+            str(tmp_path / "s-000.tar"), img_size=16, batch_size=5, num_workers=0,
+            crop_scale=(0.3, 1.0), decode_on_device=on_device,
+        )  # fmt: skip
+        data.setup("fit")
+        torch.manual_seed(0)
+        batches[on_device] = [
+            data.on_before_batch_transfer(batch, 0) for batch in data.train_dataloader()
+        ]
+        assert data.skipped_samples["unknown"] == 2
+    for worker, device in zip(batches[False], batches[True], strict=True):
+        assert set(device) == {"pixels", "label"}
+        assert torch.equal(worker["label"], device["label"])
+        assert device["pixels"].shape == (5, 3, 16, 16)
+        # the same crop boxes and flips; PIL's and torchvision's bicubic differ by a few levels
+        levels = (worker["pixels"] - device["pixels"]).abs() * 0.225 * 255
+        assert levels.mean() < 1.5, levels.mean()
+    with pytest.raises(ValueError, match="video shards"):
+        Shards(str(tmp_path / "s-000.tar"), num_frames=4, decode_on_device=True)
+
+
 @pytest.mark.parametrize("cut_index", [0, 1])
 def test_a_truncated_shard_loses_only_its_tail(tmp_path, cut_index):
     listing = make_images(tmp_path / "images", 12)
