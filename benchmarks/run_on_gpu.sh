@@ -8,7 +8,7 @@
 #   bash benchmarks/run_on_gpu.sh --models B --batch-size 256 --precisions bf16 --compile
 #   BENCH=method_overhead bash benchmarks/run_on_gpu.sh --batch-size 128 --precision bf16
 #   BENCH=video_throughput bash benchmarks/run_on_gpu.sh ...   # any benchmarks/*.py with --device
-#   BENCH=end_to_end bash benchmarks/run_on_gpu.sh --images 20000 --workers 15 --batch-size 256
+#   BENCH=end_to_end bash benchmarks/run_on_gpu.sh --images 8000 --workers 15 --batch-size 256
 #
 # Set RUN_XFORMERS_TEST=1 to also run the xformers-vs-sdpa GPU test first.
 set -euo pipefail
