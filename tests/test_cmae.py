@@ -2,11 +2,10 @@
 
 import math
 
-import lightning as L
 import pytest
 import timm
 import torch
-from tiny import tiny_encoder
+from tiny import quiet_trainer, tiny_encoder
 
 from mimkit.data import PixelShiftViews, Synthetic
 from mimkit.pretrain import CMAE, RandomMasking, momentum_at
@@ -122,16 +121,7 @@ def test_ema_update_follows_formula_and_cosine_schedule(tmp_path):
     model = tiny_cmae()
     before = {n: p.detach().clone() for n, p in model.target_encoder.named_parameters()}
     proj_before = {n: p.detach().clone() for n, p in model.target_projector.named_parameters()}
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     views = PixelShiftViews(max_shift=2, flip=False, color=False)
     data = Synthetic(img_size=32, batch_size=4, num_samples=4, num_val_samples=0, views=views)
     trainer.fit(model, data)

@@ -2,7 +2,7 @@
 
 import torch
 import torch._dynamo
-from tiny import tiny_encoder
+from tiny import quiet_trainer, tiny_encoder
 
 from mimkit.pretrain import MAE, RandomMasking
 from mimkit.pretrain.attention import prepare_attention
@@ -47,8 +47,6 @@ def test_whole_loss_has_no_graph_breaks_given_a_mask():
 
 def test_compiled_training_matches_eager(tmp_path):
     """compile_modules=True trains through Lightning and gives the eager losses."""
-    import lightning as L
-
     from mimkit.data import Synthetic
 
     losses = {}
@@ -58,16 +56,7 @@ def test_compiled_training_matches_eager(tmp_path):
         model.compile_modules = compiled
         recorded = []
         model.compute_loss = _recording(model.compute_loss, recorded)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_steps=3,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            default_root_dir=tmp_path,
-        )
+        trainer = quiet_trainer(tmp_path, max_steps=3)
         torch.manual_seed(1)
         trainer.fit(model, datamodule=Synthetic(img_size=32, batch_size=4, num_samples=12))
         losses[compiled] = recorded
