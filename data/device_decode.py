@@ -3,10 +3,10 @@
 With ``ImageFolder(decode_on_device=True)`` or ``Shards(decode_on_device=True)`` the
 DataLoader workers only read each image's bytes and draw its augmentation (a
 random-resized-crop box from the image header and a flip bit, from the same RNG calls as
-torchvision's ``RandomResizedCrop`` and ``RandomHorizontalFlip``). The batch is then decoded where the model runs:
-``torchvision.io.decode_jpeg(list, device=...)`` (nvJPEG, batched, on CUDA), each image cropped
-and resized (bicubic, antialiased) on the device, flipped, and normalized as one batch in
-float. The CPU workers do a small fraction of their usual work, so fewer of them keep a
+torchvision's ``RandomResizedCrop`` and ``RandomHorizontalFlip``). The batch is then
+decoded where the model runs: ``torchvision.io.decode_jpeg(list, device=...)`` (nvJPEG,
+batched, on CUDA), each image cropped and resized (bicubic, antialiased) on the device,
+flipped, and normalized as one batch in float. The CPU workers do a small fraction of their usual work, so fewer of them keep a
 GPU fed. Non-JPEG files are decoded by the worker and only cropped on the device.
 """
 

@@ -192,6 +192,11 @@ def eval_clip_positions(count: int, sampling: Sampling) -> list[float]:
     return [k / (count - 1) for k in range(count)]
 
 
+def frame_rate(stream: Any) -> float | None:
+    """A PyAV video stream's average frame rate, ``None`` when the container has none."""
+    return float(stream.average_rate) if stream.average_rate else None
+
+
 def decode_frames(path: str, wanted: Any) -> dict[int, torch.Tensor]:
     """Decodes the frames of a video that ``wanted(num_frames, fps)`` asks for.
 
@@ -211,7 +216,7 @@ def decode_frames(path: str, wanted: Any) -> dict[int, torch.Tensor]:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         count = int(stream.frames or 0)
-        fps = float(stream.average_rate) if stream.average_rate else None
+        fps = frame_rate(stream)
         keep = set(wanted(count, fps)) if count > 0 else None
         last = max(keep) if keep else -1
         frames: dict[int, torch.Tensor] = {}
@@ -241,7 +246,7 @@ def decode_all(path: str, wanted: Any) -> dict[int, torch.Tensor]:
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        fps = float(stream.average_rate) if stream.average_rate else None
+        fps = frame_rate(stream)
         decoded = list(container.decode(stream))
     if not decoded:
         return {}
