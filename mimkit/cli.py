@@ -26,12 +26,18 @@ PENDING: dict[str, str] = {}
 
 
 @contextmanager
-def argv_for(prog: str, args: Sequence[str]) -> Iterator[None]:
-    """Presents ``args`` as the process arguments while a LightningCLI parses them."""
+def command_argv(command: str, args: Sequence[str]) -> Iterator[list[str]]:
+    """Makes ``sys.argv`` the whole ``mimkit <command> <args>`` line while a CLI runs.
+
+    Lightning's launcher for several devices on one machine starts the other ranks by
+    running this process's command line again (``python <sys.argv[0]> <sys.argv[1:]>``,
+    or ``python -m <main module> <sys.argv[1:]>``), so ``sys.argv`` must keep the program
+    and the subcommand. Yields ``args`` as a list, for the CLI to parse.
+    """
     saved = sys.argv
-    sys.argv = [prog, *args]
+    sys.argv = [saved[0] if saved else "mimkit", command, *args]
     try:
-        yield
+        yield list(args)
     finally:
         sys.argv = saved
 
@@ -40,8 +46,8 @@ def run_pretrain(args: Sequence[str]) -> int:
     """``mimkit pretrain {fit,validate} --config recipe.yaml ...``."""
     from .pretrain_cli import PretrainCLI
 
-    with argv_for("mimkit pretrain", args):
-        PretrainCLI()
+    with command_argv("pretrain", args) as cli_args:
+        PretrainCLI(args=cli_args)
     return 0
 
 

@@ -17,7 +17,7 @@ from mimkit.finetune import FineTune, LinearProbe
 from mimkit.finetune.features import Pool
 from mimkit.pretrain import ViTEncoder
 
-from .cli import argv_for
+from .cli import command_argv
 from .pretrain_cli import MimkitCLI
 
 __all__ = ["EvalCLI", "run_export", "run_finetune", "run_knn", "run_probe"]
@@ -80,16 +80,16 @@ class EvalCLI(MimkitCLI):
 def run_finetune(args: Sequence[str]) -> int:
     """``mimkit finetune {fit,validate,test} --config R.yaml --model.init_from CKPT ...``."""
 
-    with argv_for("mimkit finetune", args):
-        EvalCLI(FineTune, "mimkit finetune", "runs/finetune")
+    with command_argv("finetune", args) as cli_args:
+        EvalCLI(FineTune, "mimkit finetune", "runs/finetune", args=cli_args)
     return 0
 
 
 def run_probe(args: Sequence[str]) -> int:
     """``mimkit probe {fit,validate,test} --config R.yaml --model.init_from CKPT ...``."""
 
-    with argv_for("mimkit probe", args):
-        EvalCLI(LinearProbe, "mimkit probe", "runs/probe")
+    with command_argv("probe", args) as cli_args:
+        EvalCLI(LinearProbe, "mimkit probe", "runs/probe", args=cli_args)
     return 0
 
 

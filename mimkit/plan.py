@@ -168,13 +168,11 @@ def _recipe_objects(config: str, overrides: Sequence[str]):
     """The recipe's model and data, built on the CPU, and its trainer settings."""
     import yaml
 
-    from mimkit.cli import argv_for
     from mimkit.pretrain_cli import PretrainCLI
 
     with open(config) as handle:
         trainer_cfg = (yaml.safe_load(handle) or {}).get("trainer", {}) or {}
-    with argv_for("mimkit plan", ["--config", config, *overrides, *CPU_SAFE]):
-        cli = PretrainCLI(run=False)
+    cli = PretrainCLI(args=["--config", config, *overrides, *CPU_SAFE], run=False)
     return cli.model, cli.datamodule, trainer_cfg
 
 

@@ -34,6 +34,13 @@ class MimkitCLI(LightningCLI):
         parser_kwargs = {"allow_abbrev": False, **kwargs.pop("parser_kwargs", {})}
         super().__init__(*args, parser_kwargs=parser_kwargs, **kwargs)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # ``mimkit`` hands the CLI its arguments and keeps the whole command line in
+        # ``sys.argv`` for Lightning's launcher (``mimkit.cli.command_argv``): both on purpose.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            super().parse_arguments(parser, args)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # Lightning 2.6 writes last.ckpt only together with a top-k save: keep the latest one.

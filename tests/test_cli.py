@@ -2,6 +2,8 @@
 
 import glob
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -226,3 +228,30 @@ def test_recipe_strategies_instantiate(recipe):
         policy = instance.kwargs["auto_wrap_policy"]
         assert Block in getattr(policy, "_module_classes", policy)
         assert instance.kwargs["use_orig_params"] is True
+
+
+def test_two_processes_on_one_machine_rerun_the_mimkit_command(tmp_path):
+    """With several devices and no srun/torchrun, Lightning starts the other ranks by running
+    the process's command line again; that must be the whole `mimkit <command> ...` line."""
+    mimkit = Path(sys.executable).with_name("mimkit")
+    assert mimkit.exists(), "the `mimkit` console script is installed next to the interpreter"
+    two_processes = [*CPU_TRAINER, "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    two_processes += ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
+    pretrain = ["pretrain", "fit", "--config", str(ROOT / "recipes/quickstart/mae_digits.yaml")]
+    pretrain += TINY_ENCODER
+    probe = ["probe", "fit", "--config", str(ROOT / "recipes/probe/linear_digits_quickstart.yaml")]
+    probe += ["--model.init_from", str(tmp_path / "pretrain/checkpoints/last.ckpt")]
+    for name, command in (("pretrain", pretrain), ("probe", probe)):
+        root = ["--trainer.default_root_dir", str(tmp_path / name)]
+        done = subprocess.run(
+            [str(mimkit), *command, *two_processes, *root],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-3000:]
+        assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
+        last = tmp_path / name / "checkpoints/last.ckpt"
+        assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
