@@ -103,6 +103,15 @@ class MimDataModule(L.LightningDataModule):
         self._sampler_state: dict[str, int] | None = None
         self._sampler_batch = batch_size
 
+    def check_sources(self, stage: str | None = None) -> None:
+        """Raises ``setup(stage)``'s ``FileNotFoundError`` for a missing local source, without
+        scanning it. The CLI calls it before Lightning starts the other ranks, so a wrong path
+        is one message at once, not one per process after all have started. None here.
+
+        Args:
+            stage: Lightning stage, as for ``setup``.
+        """
+
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             split = "train" if train else "validation"

@@ -78,6 +78,14 @@ def _read_list(list_file: Path) -> Samples:
     return samples
 
 
+def require_image_source(root: str | Path) -> Path:
+    """``root`` with ``~`` expanded; ``FileNotFoundError`` saying what is expected if missing."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"Image source {root} does not exist; {_EXPECTED}.")
+    return root
+
+
 def scan_images(root: str | Path, classes: Sequence[str] | None = None) -> Samples:
     """List the ``(path, label)`` samples of an image source.
 
@@ -94,9 +102,7 @@ def scan_images(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
         FileNotFoundError: If ``root`` does not exist.
         ValueError: If it holds no images, or a folder's classes are not in ``classes``.
     """
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"Image source {root} does not exist; {_EXPECTED}.")
+    root = require_image_source(root)
     if root.is_file():
         return _read_list(root)
     subfolders = class_names(root)
@@ -237,6 +243,12 @@ class ImageFolder(MimDataModule):
                 f"{source} has {found} classes (labels up to {max(labels)}) but "
                 f"num_classes={self.num_classes}."
             )
+
+    def check_sources(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            require_image_source(self.root)
+        if self.val_root is not None:
+            require_image_source(self.val_root)
 
     def setup(self, stage: str | None = None) -> None:
         """Scan the sources: the training one for ``fit`` (or no stage), the validation one always.

@@ -73,6 +73,14 @@ def _label(match: re.Match[str]) -> int | None:
     return int(match["label"]) if match["label"] is not None else None
 
 
+def require_video_source(root: str | Path) -> Path:
+    """``root`` with ``~`` expanded; ``FileNotFoundError`` if it does not exist."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"Video source {root} does not exist.")
+    return root
+
+
 def scan_videos(
     root: str | Path, classes: Sequence[str] | None = None, data_prefix: str | Path | None = None
 ) -> VideoSamples:
@@ -87,9 +95,7 @@ def scan_videos(
         FileNotFoundError: If ``root`` does not exist.
         ValueError: If it holds no videos.
     """
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"Video source {root} does not exist.")
+    root = require_video_source(root)
     if root.is_file():
         return _read_video_list(root, Path(data_prefix) if data_prefix is not None else None)
     subfolders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -692,6 +698,14 @@ class VideoFolder(MimDataModule):
         if self.num_frames < 2:
             raise ValueError("frame-pair views need num_frames >= 2 (the first and last frame)")
         return transform
+
+    def check_sources(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            require_video_source(self.root)
+        if self.val_root is not None:
+            require_video_source(self.val_root)
+        if stage == "test" and self.test_root is not None:
+            require_video_source(self.test_root)
 
     def setup(self, stage: str | None = None) -> None:
         """Scan the sources: the training one for ``fit`` (or no stage), the validation one

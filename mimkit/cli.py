@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mimkit: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_an_advert)
     try:
         return table[command](rest)
     except Exception as error:
@@ -123,6 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mimkit {command}: error: {cause}", file=sys.stderr)  # MIMKIT_TRACEBACK=1: raise
         return 2
+
+
+def not_an_advert(record: logging.LogRecord) -> bool:
+    """Drops Lightning's "Tip: try installing ..." line from every command's output."""
+    return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
 
 
 def user_error(error: BaseException) -> BaseException | None:

@@ -73,9 +73,6 @@ class EvalCLI(MimkitCLI):
         )
         parser.link_arguments("data.init_args.img_size", "model.img_size", apply_on="parse")
 
-    def before_test(self) -> None:
-        self._set_checkpoint_dir()
-
 
 def run_finetune(args: Sequence[str]) -> int:
     """``mimkit finetune {fit,validate,test} --config R.yaml --model.init_from CKPT ...``."""

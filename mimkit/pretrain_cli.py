@@ -52,7 +52,14 @@ class MimkitCLI(LightningCLI):
             if getattr(callback, "dirpath", None) is None:
                 callback.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
 
+    def _check_data(self, stage: str) -> None:
+        # Before trainer.fit/validate/test, i.e. before Lightning starts the other ranks.
+        check_sources = getattr(self.datamodule, "check_sources", None)
+        if check_sources is not None:
+            check_sources(stage)
+
     def before_fit(self) -> None:
+        self._check_data("fit")
         self._set_checkpoint_dir()
         # mimkit DataModules restore their position from their own state_dict (the sampler);
         # Lightning only knows about DataLoader-level state and would warn wrongly.
@@ -61,6 +68,11 @@ class MimkitCLI(LightningCLI):
         )
 
     def before_validate(self) -> None:
+        self._check_data("validate")
+        self._set_checkpoint_dir()
+
+    def before_test(self) -> None:
+        self._check_data("test")
         self._set_checkpoint_dir()
 
 

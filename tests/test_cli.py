@@ -253,5 +253,32 @@ def test_two_processes_on_one_machine_rerun_the_mimkit_command(tmp_path):
         output = done.stdout + done.stderr
         assert done.returncode == 0, output[-3000:]
         assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
+        assert "litlogger" not in output  # Lightning's advert is filtered out
         last = tmp_path / name / "checkpoints/last.ckpt"
         assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ("pretrain/mae_vit_base_patch16_in1k.yaml", "Image source {} does not exist"),
+        ("pretrain/videomae_vit_base_patch16_k400.yaml", "Video source {} does not exist"),
+    ],
+)
+def test_a_missing_data_folder_stops_before_any_rank_starts(
+    recipe, message, tmp_path, capsys, monkeypatch
+):
+    """The recipes ask for 8 devices: a wrong path must be one message from the launching
+    process, not one per rank after Lightning has started them all."""
+    monkeypatch.delenv("MIMKIT_TRACEBACK", raising=False)
+
+    def fit(*args, **kwargs):
+        raise AssertionError("Trainer.fit was reached")
+
+    monkeypatch.setattr("lightning.pytorch.Trainer.fit", fit)
+    missing = tmp_path / "missing"
+    args = ["pretrain", "fit", "--config", str(ROOT / "recipes" / recipe), *TINY_ENCODER]
+    args += ["--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)]
+    assert main([*args, "--data.root", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: " + message.format(missing)) == 1, err
