@@ -8,6 +8,7 @@ reported (:class:`ReportSkippedSamples`), never a crash.
 from .base import MimDataModule
 from .collate import SkipBadSamples, collate_skipping
 from .digits import Digits
+from .errors import DataConfigError
 from .folder import ImageFolder
 from .report import ReportSkippedSamples
 from .synthetic import Synthetic
@@ -16,6 +17,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, mae_train_t
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "DataConfigError",
     "Digits",
     "ImageFolder",
     "MimDataModule",

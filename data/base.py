@@ -103,13 +103,17 @@ class MimDataModule(L.LightningDataModule):
         self._sampler_state: dict[str, int] | None = None
         self._sampler_batch = batch_size
 
-    def check_sources(self, stage: str | None = None) -> None:
-        """Raises ``setup(stage)``'s ``FileNotFoundError`` for a missing local source, without
-        scanning it. The CLI calls it before Lightning starts the other ranks, so a wrong path
-        is one message at once, not one per process after all have started. None here.
+    def preflight(self, stage: str | None = None, world_size: int = 1) -> None:
+        """Cheap checks of the settings against the run, without reading any data.
+
+        The CLI calls it before Lightning starts the other ranks, so that a wrong path or
+        setting is one message at once, not one per process after all have started. Raises
+        the ``FileNotFoundError`` that ``setup(stage)`` would for a missing local source, or
+        a :class:`~mimkit.data.errors.DataConfigError`. Nothing to check here.
 
         Args:
             stage: Lightning stage, as for ``setup``.
+            world_size: Processes of the run (devices x nodes).
         """
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:

@@ -244,7 +244,7 @@ class ImageFolder(MimDataModule):
                 f"num_classes={self.num_classes}."
             )
 
-    def check_sources(self, stage: str | None = None) -> None:
+    def preflight(self, stage: str | None = None, world_size: int = 1) -> None:
         if stage in (None, "fit"):
             require_image_source(self.root)
         if self.val_root is not None:

@@ -1,10 +1,13 @@
 """Images or video clips streamed from webdataset tar shards (``mimkit shards write``).
 
-Shards are split across ranks and DataLoader workers (shard ``i`` goes to the global worker
-``i mod (world_size x num_workers)``), samples are shuffled in a buffer, and with
-``resampled=True`` every worker draws shards with replacement forever, cut into epochs of
-``epoch_length`` samples: the usual setting for multi-node training, where every rank must
-see the same number of batches. Samples are decoded with the same transforms as
+Shards are split across ranks, then across each rank's DataLoader workers (rank ``r`` of
+``W`` reads shards ``r, r + W, ...``; its worker ``w`` of ``N`` every ``N``-th of those from
+its ``w``-th), and samples are shuffled in a buffer. Every rank must see the same number of
+batches (DDP waits at every step for all of them), so with several ranks an epoch has a
+fixed length, ``epoch_length`` samples over all ranks: either each worker passes over its
+own shards again as needed to fill its share (like the padding of PyTorch's
+``DistributedSampler``), or, with ``resampled=True``, every worker draws shards with
+replacement forever, cut into epochs. Samples are decoded with the same transforms as
 :class:`~mimkit.data.ImageFolder`; a sample that cannot be decoded (or a shard that cannot
 be read) is skipped and counted with the shared :class:`~mimkit.data.MimDataModule`
 machinery, and the next good sample takes its place so batches stay full.
@@ -17,6 +20,7 @@ import logging
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import braceexpand
@@ -28,6 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .base import MimDataModule
 from .collate import NUM_SKIPPED, SKIPPED_PATHS, collate_skipping
 from .device_decode import DeviceDecodeCrop, collate_encoded, encode_image
+from .errors import DataConfigError
 from .tar_reader import read_shard
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, mae_train_transform
 
@@ -130,8 +135,9 @@ class ShardStream(IterableDataset):
         shuffle_buffer: Samples held in the shuffle buffer (0: no shuffling); the shard
             order is shuffled too.
         resampled: Draw shards with replacement forever (needs ``samples_per_rank``).
-        samples_per_rank: Samples this rank yields per epoch (split across workers in whole
-            batches); ``None`` for one pass over the shards.
+        samples_per_rank: Samples this rank yields per epoch, split in whole batches across
+            the workers that have shards; without ``resampled`` a worker passes over its
+            shards again until it has served its share. ``None`` for one pass over the shards.
         seed: Base seed of the shard and buffer shuffling.
         batch_size: Batch size of the loader (each worker's quota is whole batches).
     """
@@ -172,20 +178,32 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         return (info.id, info.num_workers) if info is not None else (0, 1)
 
+    def rank_urls(self) -> list[str]:
+        """This rank's shards, ``urls[rank::world_size]`` (all of them when resampled)."""
+        return self.urls if self.resampled else self.urls[self.rank :: self.world_size]
+
     def _quota(self, worker: int, num_workers: int) -> int | None:
         if self.samples_per_rank is None:
             return None
-        share, extra = divmod(self.samples_per_rank // self.batch_size, num_workers)
+        readers = num_workers if self.resampled else min(num_workers, len(self.rank_urls()))
+        if worker >= readers:
+            return 0
+        share, extra = divmod(self.samples_per_rank // self.batch_size, readers)
         return (share + (worker < extra)) * self.batch_size
 
-    def _shard_urls(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[str]:
+    def _passes(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[Iterator[str]]:
+        """The worker's shard URLs, pass by pass: one endless pass of draws when resampled;
+        else its shards in a new order each pass, once, or again while a quota is set."""
         if self.resampled:
-            while True:
-                yield rng.choice(self.urls)
-        mine = self.urls[self.rank * num_workers + worker :: self.world_size * num_workers]
-        if self.shuffle_buffer > 0:
-            rng.shuffle(mine)
-        yield from mine
+            yield iter(lambda: rng.choice(self.urls), None)  # endless: never returns None
+            return
+        mine = self.rank_urls()[worker::num_workers]
+        while mine:
+            if self.shuffle_buffer > 0:
+                rng.shuffle(mine)
+            yield iter(list(mine))
+            if self.samples_per_rank is None:
+                return
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = self._worker()
@@ -200,12 +218,24 @@ class ShardStream(IterableDataset):
                     failures.append(f"{url}: {error!r}"[:200])
                     log.warning("Skipping the rest of unreadable shard %s: %r", url, error)
 
-        samples = read(self._shard_urls(rng, worker, num_workers))
-        if self.shuffle_buffer > 0:
-            initial = min(self.shuffle_buffer, 100)
-            samples = wds.shuffle(self.shuffle_buffer, initial, rng=rng)(samples)
+        def passes() -> Iterator[dict[str, Any]]:
+            for urls in self._passes(rng, worker, num_workers):
+                samples = read(urls)
+                if self.shuffle_buffer > 0:  # drained at the end of each pass
+                    initial = min(self.shuffle_buffer, 100)
+                    samples = wds.shuffle(self.shuffle_buffer, initial, rng=rng)(samples)
+                empty = True
+                for sample in samples:
+                    empty = False
+                    yield sample
+                if empty:  # nothing readable: another pass would not help
+                    return
+
         quota = self._quota(worker, num_workers)
-        served = 0
+        if quota == 0:
+            return
+        samples = passes()
+        served = broken = 0
         held: dict[str, Any] | None = None  # one sample held back, to carry trailing failures
         for raw in samples:
             if quota is not None and served >= quota:
@@ -213,6 +243,13 @@ class ShardStream(IterableDataset):
             sample = self.decode(raw)
             if sample is None:
                 failures.append(f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}")
+                broken += 1
+                if quota is not None and broken > 2 * quota:
+                    raise RuntimeError(
+                        f"worker {worker} of rank {self.rank} read {broken} undecodable and "
+                        f"{served} good samples from its shards, repeating them to fill its "
+                        f"{quota} samples of this epoch; are they images? {failures[:3]}"
+                    )
                 continue
             served += 1
             if held is not None:
@@ -279,10 +316,11 @@ class Shards(MimDataModule):
         img_size: Output side length.
         batch_size: Samples per batch (per device).
         num_workers: DataLoader worker processes.
-        epoch_length: Training samples per epoch over all ranks; ``None`` for one pass over the
-            shards (then ranks may see different numbers of batches: use it with one device).
+        epoch_length: Training samples per epoch over all ranks (each worker passes over its
+            shards again as needed to serve its share); ``None`` for one pass over the shards,
+            with one device only (ranks would see different numbers of batches).
         resampled: Draw training shards with replacement, an endless stream cut into epochs of
-            ``epoch_length`` samples (the multi-node setting).
+            ``epoch_length`` samples (webdataset's multi-node setting).
         shuffle_buffer: Shuffle buffer size in samples (0 to keep the shard order).
         crop_scale: Area fraction range of the training random resized crop.
         mean: Normalization mean per channel.
@@ -352,16 +390,48 @@ class Shards(MimDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def preflight(self, stage: str | None = None, world_size: int = 1) -> None:
+        """Every rank needs shards and, with several ranks, an ``epoch_length``; local shard
+        files must exist.
+
+        Raises:
+            DataConfigError: several ranks without ``epoch_length``, or fewer shards than ranks.
+            FileNotFoundError: a local shard file (no ``scheme:`` prefix) is missing.
+        """
+        if stage not in (None, "fit"):
+            urls = self.val_urls or []
+        else:
+            urls = self.urls + (self.val_urls or [])
+            if world_size > 1 and self.epoch_length is None:
+                raise DataConfigError(
+                    f"Shards on {world_size} ranks needs data.epoch_length (training samples "
+                    "per epoch over all ranks, e.g. the dataset size): every rank must see the "
+                    "same number of batches, and a single pass over unevenly split shards "
+                    "would leave ranks waiting on each other"
+                )
+            if world_size > 1 and not self.resampled and len(self.urls) < world_size:
+                raise DataConfigError(
+                    f"{len(self.urls)} training shards for {world_size} ranks: each rank reads "
+                    "its own shards, so write at least one per rank (better 10x more), or set "
+                    "data.resampled: true"
+                )
+        missing = [url for url in urls if ":" not in url and not Path(url).expanduser().exists()]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise FileNotFoundError(f"Shard {missing[0]}{more} does not exist.")
+
     def setup(self, stage: str | None = None) -> None:
         """Build the streams for this rank; warn when some workers would get no shard."""
         rank, world_size = self._ranks()
-        readers = world_size * max(1, self.num_workers)
-        if not self.resampled and len(self.urls) < readers:
+        self.preflight(stage, world_size)
+        workers = max(1, self.num_workers)
+        per_rank_shards = len(self.urls[rank::world_size])
+        if not self.resampled and per_rank_shards < workers:
             warnings.warn(
-                f"{len(self.urls)} training shards for {readers} readers ({world_size} ranks x "
-                f"{max(1, self.num_workers)} workers): {readers - len(self.urls)} readers get no "
-                "shard and stay idle (no sample is duplicated). Write more, smaller shards, "
-                "or set resampled=True with an epoch_length.",
+                f"{per_rank_shards} training shards for this rank's {workers} workers: "
+                f"{workers - per_rank_shards} of them get no shard and stay idle. Write more, "
+                "smaller shards (at least ranks x workers), or set resampled=True with an "
+                "epoch_length.",
                 stacklevel=2,
             )
         per_rank = None

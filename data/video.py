@@ -699,7 +699,7 @@ class VideoFolder(MimDataModule):
             raise ValueError("frame-pair views need num_frames >= 2 (the first and last frame)")
         return transform
 
-    def check_sources(self, stage: str | None = None) -> None:
+    def preflight(self, stage: str | None = None, world_size: int = 1) -> None:
         if stage in (None, "fit"):
             require_video_source(self.root)
         if self.val_root is not None:

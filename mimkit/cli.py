@@ -138,10 +138,11 @@ def user_error(error: BaseException) -> BaseException | None:
     Those are mimkit's own configuration and checkpoint errors and missing files or
     folders; the CLI prints them as one line. Everything else keeps its traceback.
     """
+    from mimkit.data.errors import DataConfigError
     from mimkit.finetune import CheckpointError
     from mimkit.pretrain.errors import ConfigError
 
-    kinds = (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError)
+    kinds = (ConfigError, DataConfigError, CheckpointError, FileNotFoundError, NotADirectoryError)
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:

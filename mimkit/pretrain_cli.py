@@ -54,9 +54,9 @@ class MimkitCLI(LightningCLI):
 
     def _check_data(self, stage: str) -> None:
         # Before trainer.fit/validate/test, i.e. before Lightning starts the other ranks.
-        check_sources = getattr(self.datamodule, "check_sources", None)
-        if check_sources is not None:
-            check_sources(stage)
+        preflight = getattr(self.datamodule, "preflight", None)
+        if preflight is not None:
+            preflight(stage, self.trainer.world_size)
 
     def before_fit(self) -> None:
         self._check_data("fit")

@@ -1,6 +1,8 @@
 """Writing image sources into webdataset shards and streaming them back with `Shards`."""
 
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from mimkit.cli import main
 from mimkit.data.collate import collate_skipping
+from mimkit.data.errors import DataConfigError
 from mimkit.data.shard_writer import ShardWriter, parse_size, write_shards
 from mimkit.data.shards import Shards, ShardStream, expand_urls
 from mimkit.data.transforms import eval_transform
@@ -116,18 +119,37 @@ def test_stream_splits_shards_across_ranks_and_workers_without_duplicates(tmp_pa
         stream = ShardStream(shards, eval_transform(16), rank=rank, world_size=2, shuffle_buffer=8)
         loader = DataLoader(stream, batch_size=4, num_workers=2, collate_fn=collate_skipping)
         got = labels_of(loader)
-        # shard i -> global reader i % 4 (reader = rank x 2 + worker): rank 0 reads shards
-        # 0, 1, 4, 5 and rank 1 reads shards 2, 3
-        assert len(got) == (16 if rank == 0 else 8)
+        # rank r reads shards r, r + 2, r + 4 (4 samples each), its two workers share them
+        assert sorted(got) == [i for i in range(24) if i // 4 % 2 == rank]
         seen += got
     assert sorted(seen) == list(range(24))
+
+
+def test_ranks_with_unequal_shards_serve_equal_epochs(tmp_path):
+    """Rank 0 holds 3 shards and rank 1 two, of unequal sizes: with an epoch_length both serve
+    the same batches (DDP would otherwise wait forever), each reading only its own shards,
+    every one of their samples at least once, repeating some to fill the share."""
+    listing = make_images(tmp_path / "images", 22)
+    shards = write_shards(listing, str(tmp_path / "s-%03d.tar"), max_count=5, progress=False)
+    assert len(shards) == 5  # 5 + 5 + 5 + 5 + 2 samples: rank 0 gets 12, rank 1 gets 10
+    per_rank = []
+    for rank in range(2):
+        stream = ShardStream(shards, eval_transform(16), rank=rank, world_size=2, shuffle_buffer=4,
+                             samples_per_rank=16, batch_size=4)  # fmt: skip
+        loader = DataLoader(stream, batch_size=4, num_workers=2, collate_fn=collate_skipping)
+        assert len(loader) == 4
+        per_rank.append([labels_of(loader), labels_of(loader)])  # two epochs
+    for rank, epochs in enumerate(per_rank):
+        own = {i for i in range(22) if i // 5 % 2 == rank}
+        for got in epochs:
+            assert len(got) == 16 and set(got) == own
 
 
 def test_fewer_shards_than_workers_warns_and_never_duplicates(tmp_path):
     listing = make_images(tmp_path / "images", 8)
     write_shards(listing, str(tmp_path / "s-%03d.tar"), max_count=4, progress=False)
     data = Shards(str(tmp_path / "s-{000..001}.tar"), img_size=16, batch_size=2, num_workers=3)
-    with pytest.warns(UserWarning, match="2 training shards for 3 readers"):
+    with pytest.warns(UserWarning, match="2 training shards for this rank's 3 workers"):
         data.setup("fit")
     assert sorted(labels_of(data.train_dataloader())) == list(range(8))
 
@@ -165,6 +187,32 @@ def test_corrupt_samples_are_skipped_counted_and_replaced(tmp_path):
     assert any("000000003" in p for p in paths) and any("000000007" in p for p in paths)
     labels = torch.cat([b["label"] for b in batches]).tolist()
     assert sorted(labels) == [i for i in range(12) if i not in (3, 7)]
+
+
+def test_shards_that_never_decode_fail_instead_of_looping(tmp_path):
+    listing = make_images(tmp_path / "images", 4, corrupt=(0, 1, 2, 3))
+    write_shards(listing, str(tmp_path / "s-%03d.tar"), progress=False)
+    data = Shards(str(tmp_path / "s-000.tar"), img_size=16, batch_size=2, num_workers=0,
+                  epoch_length=4, shuffle_buffer=0)  # fmt: skip
+    data.setup("fit")
+    with pytest.raises(RuntimeError, match="undecodable"):
+        list(data.train_dataloader())
+
+
+def test_preflight_stops_settings_that_would_hang_or_find_nothing(tmp_path):
+    listing = make_images(tmp_path / "images", 8)
+    write_shards(listing, str(tmp_path / "s-%03d.tar"), max_count=4, progress=False)
+    urls = str(tmp_path / "s-{000..001}.tar")
+    Shards(urls, epoch_length=8).preflight("fit", world_size=2)
+    with pytest.raises(DataConfigError, match="needs data.epoch_length"):
+        Shards(urls).preflight("fit", world_size=2)
+    Shards(urls).preflight("fit", world_size=1)  # one pass on one device is fine
+    with pytest.raises(DataConfigError, match="2 training shards for 4 ranks"):
+        Shards(urls, epoch_length=8).preflight("fit", world_size=4)
+    Shards(urls, epoch_length=8, resampled=True).preflight("fit", world_size=4)
+    with pytest.raises(FileNotFoundError, match=r"s-002.tar and 1 more does not exist"):
+        Shards(str(tmp_path / "s-{000..003}.tar")).preflight("fit")
+    Shards("pipe:cat missing.tar").preflight("fit")  # not a local file: not checked
 
 
 def test_device_decoding_draws_the_same_crops_and_counts_broken_samples(tmp_path):
@@ -247,6 +295,33 @@ def test_pretrain_on_shards_through_the_cli(tmp_path):
     assert main(args) == 0
     ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
+
+
+def test_two_processes_train_on_unevenly_split_shards(tmp_path):
+    """Rank 0 gets shards of 5 + 5 + 2 samples, rank 1 of 5 + 5: two real DDP processes
+    (`mimkit pretrain fit --trainer.devices 2`) finish both epochs instead of waiting on each
+    other at the end of rank 1's shards."""
+    listing = make_images(tmp_path / "images", 22)
+    write_shards(listing, str(tmp_path / "s-%03d.tar"), max_count=5, progress=False)
+    mimkit = Path(sys.executable).with_name("mimkit")
+    recipe = Path(__file__).parents[1] / "recipes/quickstart/mae_digits.yaml"
+    args = [
+        "pretrain", "fit", "--config", str(recipe),
+        "--data", "mimkit.data.Shards", "--data.urls", str(tmp_path / "s-{000..004}.tar"),
+        "--data.img_size", "32", "--data.batch_size", "4", "--data.num_workers", "1",
+        "--data.epoch_length", "24",
+        "--model.encoder.init_args.model_kwargs", '{"depth": 1, "embed_dim": 64, "num_heads": 2}',
+        "--model.decoder_depth", "1", "--model.warmup_epochs", "0",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    done = subprocess.run(
+        [str(mimkit), *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * 3  # 24 samples / 2 ranks / batch 4, two epochs
 
 
 def make_videos(folder: Path, count: int, frames: int = 12) -> Path:
