@@ -5,6 +5,7 @@
 # benchmarks/run_on_gpu.sh, so carry .whl/ with jsonargparse, typeshed_client,
 # docstring_parser, webdataset, braceexpand (and xformers to measure it).
 #
+#   bash benchmarks/gpu_checklist.sh tests   # every `gpu` test: xformers, nvJPEG, NaN check, recipes
 #   bash benchmarks/gpu_checklist.sh mae_b   # xformers test, compiled-step profile, MAE ViT-B MFU
 #   bash benchmarks/gpu_checklist.sh mae_l   # MAE ViT-L MFU and HF ratio
 #   bash benchmarks/gpu_checklist.sh video   # VideoMAE-B MFU, decoder masking, HF ratio; methods
@@ -22,6 +23,13 @@ step() {  # step NAME BENCH [ENV=...] -- ARGS...: one benchmark, its output kept
     if [ "${DRY_RUN:-0}" = 1 ]; then return 0; fi
     BENCH=$bench bash benchmarks/run_on_gpu.sh "$@" --json "$RESULTS/$name.json" 2>&1 |
         tee "$RESULTS/$name.log" | grep -v "^\s*$" | tail -n 40 || echo "!! $name failed"
+}
+
+tests() {
+    echo "== tests: RUN_GPU_TESTS=1"
+    if [ "${DRY_RUN:-0}" = 1 ]; then return 0; fi
+    RUN_GPU_TESTS=1 bash benchmarks/run_on_gpu.sh 2>&1 | tee "$RESULTS/gpu_tests.log" |
+        tail -n 40 || echo "!! gpu tests failed"
 }
 
 mae_b() {
@@ -50,11 +58,12 @@ data() {
 }
 
 case "${1:-all}" in
+    tests) tests ;;
     mae_b) mae_b ;;
     mae_l) mae_l ;;
     video) video ;;
     data) data ;;
-    all) mae_b; mae_l; video; data ;;
-    *) echo "usage: $0 mae_b|mae_l|video|data|all" >&2; exit 2 ;;
+    all) tests; mae_b; mae_l; video; data ;;
+    *) echo "usage: $0 tests|mae_b|mae_l|video|data|all" >&2; exit 2 ;;
 esac
 ls -l "$RESULTS"

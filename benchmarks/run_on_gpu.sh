@@ -10,7 +10,8 @@
 #   BENCH=video_throughput bash benchmarks/run_on_gpu.sh ...   # any benchmarks/*.py with --device
 #   BENCH=end_to_end bash benchmarks/run_on_gpu.sh --images 8000 --workers 15 --batch-size 256
 #
-# Set RUN_XFORMERS_TEST=1 to also run the xformers-vs-sdpa GPU test first.
+# Set RUN_XFORMERS_TEST=1 to also run the xformers-vs-sdpa GPU test first, RUN_GPU_TESTS=1 to
+# run every test marked `gpu` (xformers, nvJPEG, the CUDA NaN check, the GPU recipes) and stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKG=${MIMKIT_PKG_DIR:-/tmp/pkg}
@@ -29,6 +30,10 @@ python3 -P -c "import torch, mimkit.pretrain; print('torch', torch.__version__, 
 python3 -P -c "import xformers, xformers.ops; print('xformers', xformers.__version__)" || true
 if [ "${RUN_XFORMERS_TEST:-0}" = 1 ]; then
     python3 -P -m pytest -q -p no:cacheprovider tests/test_attention.py -k "gpu or xformers" -rs || true
+fi
+if [ "${RUN_GPU_TESTS:-0}" = 1 ]; then
+    exec python3 -P -m pytest -q -p no:cacheprovider -m gpu -rs "$@" \
+        tests/test_gpu.py tests/test_attention.py tests/test_masking.py
 fi
 if [ "${PROFILE_ONLY:-0}" = 1 ]; then exec python3 benchmarks/profile_step.py "$@"; fi
 exec python3 benchmarks/"${BENCH:-pretrain_throughput}".py --device cuda "$@"

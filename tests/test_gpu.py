@@ -1,0 +1,100 @@
+"""What only a CUDA GPU can check: nvJPEG decoding, the fused CUDA optimizer's on-device NaN
+check, and the GPU recipes as written (bf16, compile, DDP with a static graph; per-block
+FSDP). Marked ``gpu`` and skipped without one; ``benchmarks/gpu_checklist.sh tests`` runs them
+on a bare CUDA machine."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_base import Regression, fused_adamw, tiny_data
+from test_device_decode import write_images
+from tiny import quiet_trainer
+
+from mimkit.data.device_decode import DeviceDecodeCrop, EncodedImageDataset, collate_encoded
+from mimkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mimkit.finetune import load_encoder
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_nvjpeg_decoding_matches_the_cpu_decoder(tmp_path):
+    samples = write_images(tmp_path, 4)
+    encoded = EncodedImageDataset(samples, scale=(0.2, 1.0))
+    items = []
+    for index in range(len(samples)):
+        torch.manual_seed(index)
+        items.append(encoded[index])
+    decoder = DeviceDecodeCrop(32, IMAGENET_MEAN, IMAGENET_STD)
+    on_cpu = decoder(collate_encoded(copy.deepcopy(items)), "cpu")["pixels"]  # collating
+    on_gpu = decoder(collate_encoded(items), "cuda")["pixels"]  # takes the bytes out
+    assert on_gpu.is_cuda and on_gpu.shape == on_cpu.shape == (4, 3, 32, 32)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    levels = ((on_gpu.cpu() - on_cpu) * std * 255).abs()  # nvJPEG's IDCT vs libjpeg's
+    assert levels.mean() < 1.0 and levels.max() < 16
+
+
+@pytest.mark.parametrize("nan_steps", [{1}, {1, 2}])
+def test_the_fused_cuda_adamw_skips_nan_steps_on_the_device(tmp_path, nan_steps):
+    final = {}
+    for mode in ("host", "device"):
+        torch.manual_seed(0)
+        model = Regression(
+            nan_steps=nan_steps, scale_lr=False, optimizer=fused_adamw, nonfinite_check=mode
+        )
+        trainer = quiet_trainer(
+            tmp_path, accelerator="gpu", max_steps=5, limit_train_batches=8, max_epochs=1
+        )
+        trainer.fit(model, datamodule=tiny_data())
+        assert (model.nonfinite_guard is not None) == (mode == "device")
+        seen = model.weights_seen
+        for step in nan_steps:  # the NaN step changed nothing
+            torch.testing.assert_close(seen[step], seen[step + 1], rtol=0, atol=0)
+        assert model.skipped_steps == len(nan_steps)
+        final[mode] = model.layer.weight.detach().cpu()
+    torch.testing.assert_close(final["device"], final["host"])
+
+
+@pytest.mark.parametrize(
+    "recipe", ["mae_vit_base_patch16_in1k.yaml", "mae_vit_huge_patch14_in1k_fsdp.yaml"]
+)
+def test_gpu_recipe_trains_and_saves_an_encoder_that_loads_exactly(recipe, tmp_path):
+    """The recipe's own strategy, compile setting and bf16, at tiny sizes, in a fresh process
+    (a process group and compiled graphs stay behind in the one that ran them)."""
+    args = [
+        "pretrain", "fit", "--config", str(ROOT / "recipes/pretrain" / recipe),
+        "--data", "mimkit.data.Synthetic", "--data.img_size", "32", "--data.batch_size", "8",
+        "--data.num_samples", "64", "--data.num_val_samples", "8", "--data.num_workers", "0",
+        "--model.encoder.init_args.patch_size", "8",
+        "--model.encoder.init_args.model_kwargs", '{"depth": 2, "embed_dim": 64, "num_heads": 2}',
+        "--model.decoder_dim", "32", "--model.decoder_depth", "1", "--model.decoder_heads", "2",
+        "--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.num_nodes", "1",
+        "--trainer.precision", "bf16-mixed", "--trainer.accumulate_grad_batches", "1",
+        "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "mimkit", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    last = tmp_path / "checkpoints/last.ckpt"
+    raw = torch.load(last, map_location="cpu", weights_only=True)
+    assert raw["global_step"] == 3
+    encoder, report = load_encoder(last)
+    assert report.missing == [] and report.unexpected == []
+    for key, value in encoder.state_dict().items():
+        torch.testing.assert_close(value, raw["state_dict"][f"encoder.{key}"], rtol=0, atol=0)
