@@ -135,14 +135,24 @@ def not_an_advert(record: logging.LogRecord) -> bool:
 def user_error(error: BaseException) -> BaseException | None:
     """The exception in ``error``'s chain whose message is for the user, if any.
 
-    Those are mimkit's own configuration and checkpoint errors and missing files or
-    folders; the CLI prints them as one line. Everything else keeps its traceback.
+    Those are mimkit's own configuration and checkpoint errors, missing files or folders,
+    and Lightning's configuration errors (e.g. more devices than the machine has); the CLI
+    prints them as one line. Everything else keeps its traceback.
     """
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from mimkit.data.errors import DataConfigError
     from mimkit.finetune import CheckpointError
     from mimkit.pretrain.errors import ConfigError
 
-    kinds = (ConfigError, DataConfigError, CheckpointError, FileNotFoundError, NotADirectoryError)
+    kinds = (
+        ConfigError,
+        DataConfigError,
+        CheckpointError,
+        FileNotFoundError,
+        NotADirectoryError,
+        MisconfigurationException,  # Lightning's: devices, accelerators, strategies
+    )
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:

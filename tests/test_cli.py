@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,18 +164,19 @@ def test_config_typos_are_errors(tmp_path, capsys):
         (["--model.encoder.init_args.attn_backend", "xformers"], "attn_backend='xformers' was"),
         (["--data.class_path", "mimkit.data.ImageFolder", "--data.init_args.root", "/no/such"],
          "Image source /no/such does not exist"),
+        (["--trainer.devices", "0"], "`Trainer(devices='0')` value is not a valid input"),
     ],
 )  # fmt: skip
 def test_user_errors_are_one_line(override, message, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MIMKIT_TRACEBACK", raising=False)
     recipe = str(ROOT / "recipes/quickstart/mae_digits.yaml")
-    args = ["pretrain", "fit", "--config", recipe, *override, *CPU_TRAINER,
+    args = ["pretrain", "fit", "--config", recipe, *CPU_TRAINER, *override,
             "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"mimkit pretrain: error: {message}" in err and "Traceback" not in err
     monkeypatch.setenv("MIMKIT_TRACEBACK", "1")
-    with pytest.raises(Exception, match=message.split(" was")[0].split(" does")[0]):
+    with pytest.raises(Exception, match=re.escape(message.split(" was")[0].split(" does")[0])):
         main(args)
 
 
