@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .collate import NUM_SKIPPED, SKIPPED_PATHS, SkipBadSamples, collate_skipping
 from .device_decode import ENCODED
+from .errors import DataConfigError
 from .sampler import ResumableSampler, SeededSamples
 from .views import ViewPair
 
@@ -195,6 +196,15 @@ class MimDataModule(L.LightningDataModule):
         if state:
             self.train_sampler.load_state_dict(state)
         self._sampler_state = None
+        per_rank = self.train_sampler.num_samples
+        if per_rank < self._sampler_batch:
+            ranks = self.train_sampler.num_replicas
+            raise DataConfigError(
+                f"{type(self).__name__} has {len(dataset)} training samples, {per_rank} per "  # type: ignore[arg-type]
+                f"rank on {ranks} rank(s): fewer than one batch of {self._sampler_batch}, and "
+                "the last incomplete batch is dropped, so an epoch would train on nothing; "
+                "lower data.batch_size (or add data)"
+            )
         return self.train_sampler
 
     def state_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from mimkit.data import (
+    DataConfigError,
     Digits,
     ImageFolder,
     ReportSkippedSamples,
@@ -169,6 +170,20 @@ def test_image_folder_errors_name_the_path(tmp_path: Path) -> None:
     blank.write_text("\n# only a comment\n")
     with pytest.raises(ValueError, match="blank.txt.*lists no images"):
         ImageFolder(blank).setup("fit")
+    with pytest.raises(FileNotFoundError, match="nope"):  # before any rank starts, too
+        ImageFolder(missing).preflight("fit", world_size=8)
+
+
+def test_fewer_samples_than_a_batch_is_an_error_not_an_empty_epoch(tmp_path: Path) -> None:
+    _class_tree(tmp_path, per_class=3)  # 6 images
+    for batch_size in (6, 8):
+        dm = ImageFolder(tmp_path, img_size=8, batch_size=batch_size, num_workers=0)
+        dm.setup("fit")
+        if batch_size == 6:
+            assert len(dm.train_dataloader()) == 1
+            continue
+        with pytest.raises(DataConfigError, match="6 training samples, 6 per rank on 1 rank"):
+            dm.train_dataloader()
 
 
 # --- broken files: skipped, counted, reported -------------------------------------------------
