@@ -12,10 +12,22 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mimkit.data import ReportSkippedSamples
 from mimkit.pretrain import PretrainModule, ReconstructionPreview
+from mimkit.pretrain.errors import ConfigError
 
 from .resume import AtomicCheckpointIO, RequeueOnSignal, RestoreRNG
 
 __all__ = ["PretrainCLI", "MimkitCLI"]
+
+
+def innermost_value_error(error: BaseException) -> BaseException:
+    """The first ``ValueError`` raised in ``error``'s chain of causes (the constructor's own)."""
+    found, current, seen = error, error, set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ValueError):
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
 
 
 class MimkitCLI(LightningCLI):
@@ -40,6 +52,16 @@ class MimkitCLI(LightningCLI):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             super().parse_arguments(parser, args)
+
+    def instantiate_classes(self) -> None:
+        # A class rejecting its configured arguments (ValueError in its constructor) is a
+        # config error: one line with that message instead of jsonargparse's page of retries.
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(str(innermost_value_error(error))) from error
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

@@ -16,6 +16,7 @@ from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from .attention import prepare_attention
+from .errors import ConfigError
 from .nonfinite import NonfiniteGuard, accepts_found_inf
 
 __all__ = [
@@ -320,7 +321,9 @@ class PretrainModule(L.LightningModule):
             return 0
         max_epochs = self.trainer.max_epochs
         if max_epochs is None or max_epochs <= 0:
-            raise ValueError("warmup_epochs needs trainer.max_epochs; set warmup_steps instead")
+            raise ConfigError(
+                "model.warmup_epochs needs trainer.max_epochs; set model.warmup_steps instead"
+            )
         return int(round(self.warmup_epochs * total_steps / max_epochs))
 
     # ----- steps ------------------------------------------------------------------
@@ -336,7 +339,7 @@ class PretrainModule(L.LightningModule):
             and len(self.trainer.optimizers) == 1
         )
         if self.nonfinite_check == "device" and not usable:
-            raise ValueError(
+            raise ConfigError(
                 "nonfinite_check='device' needs one optimizer that accepts `found_inf` "
                 "(torch.optim.AdamW/Adam/SGD with fused=True) and no fp16 gradient scaler; "
                 "use nonfinite_check='host' or 'auto'"

@@ -165,6 +165,9 @@ def test_config_typos_are_errors(tmp_path, capsys):
         (["--data.class_path", "mimkit.data.ImageFolder", "--data.init_args.root", "/no/such"],
          "Image source /no/such does not exist"),
         (["--trainer.devices", "0"], "`Trainer(devices='0')` value is not a valid input"),
+        (["--model.mask_repeats", "0"], "mask_repeats must be >= 1, got 0"),  # a constructor's
+        (["--model.masking.mask_ratio", "1.5"], "mask_ratio must be in [0, 1), got 1.5"),
+        (["--trainer.max_epochs", "-1"], "model.warmup_epochs needs trainer.max_epochs"),
     ],
 )  # fmt: skip
 def test_user_errors_are_one_line(override, message, tmp_path, capsys, monkeypatch):
