@@ -29,6 +29,7 @@ from typing import Any, Literal
 import webdataset as wds
 from PIL import Image
 
+from .errors import DataConfigError
 from .folder import scan_images
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def parse_size(size: str | int) -> int:
         return size
     match = _SIZE.match(size)
     if match is None:
-        raise ValueError(f"Cannot read the size {size!r}; write e.g. 1GB, 500MB or 1000000.")
+        raise DataConfigError(f"Cannot read the size {size!r}; write e.g. 1GB, 500MB or 1000000.")
     unit = (match["unit"] or "").lower().removesuffix("b")
     base = 1024 ** ("kmgt".index(unit[0]) + 1) if unit.endswith("i") else _UNITS[unit]
     return int(float(match["number"]) * base)
@@ -101,7 +102,7 @@ class ShardWriter:
         progress: bool = True,
     ) -> None:
         if "%" not in pattern:
-            raise ValueError(f"Shard pattern {pattern!r} needs a number field such as %06d.")
+            raise DataConfigError(f"Shard pattern {pattern!r} needs a number field such as %06d.")
         self.pattern = pattern
         self.kind = kind
         self.shard_size = parse_size(shard_size)
@@ -116,7 +117,7 @@ class ShardWriter:
             return []
         manifest = json.loads(self.manifest_path.read_text())
         if manifest.get("total") != total or manifest.get("kind") != self.kind:
-            raise ValueError(
+            raise DataConfigError(
                 f"{self.manifest_path} describes another source ({manifest.get('total')} "
                 f"{manifest.get('kind')} samples, now {total} {self.kind}); remove it to start over."
             )

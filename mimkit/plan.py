@@ -52,6 +52,16 @@ class MemoryModel:
         return self.static + batch * self.per_sample
 
 
+def memory_size(text: str) -> int:
+    """``--gpu-memory`` in bytes; a value it cannot read is a usage error."""
+    try:
+        return parse_bytes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"cannot read {text!r}; write e.g. 80GB or 40GiB"
+        ) from None
+
+
 def parse_bytes(text: str) -> int:
     """``80GB``/``80GiB``/``80G`` -> bytes (GB read as GiB, as GPU memory is quoted)."""
     value = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -241,7 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--gpus", type=int, required=True, help="GPUs in total (nodes x GPUs per node)"
     )
-    parser.add_argument("--gpu-memory", default="80GB", help="memory per GPU, e.g. 80GB")
+    parser.add_argument(
+        "--gpu-memory", type=memory_size, default="80GB", help="memory per GPU, e.g. 80GB"
+    )
     parser.add_argument(
         "--gpu-name",
         default="H100",
@@ -266,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     nodes = int(trainer_cfg.get("num_nodes", 1))
     accumulation = int(trainer_cfg.get("accumulate_grad_batches", 1))
     target = args.effective_batch or recipe_batch * devices * nodes * accumulation
-    memory = parse_bytes(args.gpu_memory)
+    memory = args.gpu_memory
     in_chans = getattr(getattr(model, "encoder", None), "in_chans", 3)
     make_batch = _make_batch_fn(datamodule, in_chans)
 

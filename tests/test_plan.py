@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -61,6 +62,12 @@ def test_plan_command_on_the_quickstart_recipe(capsys):
     out = capsys.readouterr().out
     assert "per-GPU batch: 32" in out and "accumulation: 1" in out  # 64 = 2 GPUs x 32
     assert "expected optimizer-step time" in out
+    with pytest.raises(SystemExit) as exit_info:  # an unreadable size is a usage error
+        main(
+            ["--config", "recipes/quickstart/mae_digits.yaml", "--gpus", "2", "--gpu-memory", "1XB"]
+        )
+    assert exit_info.value.code == 2
+    assert "--gpu-memory: cannot read '1XB'" in capsys.readouterr().err
 
 
 def test_plan_counts_per_loaded_video_with_its_repeated_clips():

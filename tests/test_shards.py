@@ -56,6 +56,19 @@ def test_parse_size():
         parse_size("lots")
 
 
+def test_shards_write_mistakes_are_one_line(tmp_path, capsys):
+    listing = make_images(tmp_path / "images", 2)
+    for out, size, message in [
+        ("s.tar", "1GB", "Shard pattern '{}' needs a number field such as %06d."),
+        ("s-%03d.tar", "1QB", "Cannot read the size '1QB'"),
+    ]:
+        path = str(tmp_path / out)
+        args = ["shards", "write", "--source", str(listing), "--out", path, "--shard-size", size]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"mimkit shards: error: {message.format(path)}" in err and "Traceback" not in err
+
+
 def test_write_shards_splits_by_size_and_records_samples(tmp_path):
     listing = make_images(tmp_path / "images", 20, corrupt=(5,))  # 5: a corrupt .jpg, copied
     pattern = str(tmp_path / "shards" / "train-%04d.tar")
