@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -49,9 +50,15 @@ class MimkitCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # ``mimkit`` hands the CLI its arguments and keeps the whole command line in
         # ``sys.argv`` for Lightning's launcher (``mimkit.cli.command_argv``): both on purpose.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            super().parse_arguments(parser, args)
+        # While parsing, argv[0] is the CLI's name, which nested help (``--model.help``) shows.
+        saved = sys.argv
+        sys.argv = [parser.prog, *saved[1:]]
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                super().parse_arguments(parser, args)
+        finally:
+            sys.argv = saved
 
     def instantiate_classes(self) -> None:
         # A class rejecting its configured arguments (ValueError in its constructor) is a

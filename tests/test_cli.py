@@ -204,6 +204,7 @@ def test_help_documents_options(capsys):
         main(["pretrain", "fit", "--model.help", "mimkit.pretrain.MAE"])
     out = capsys.readouterr().out
     assert "norm_pix_loss" in out and "regress per-patch normalized pixels" in out
+    assert out.startswith("usage: mimkit pretrain --model.encoder")
 
 
 def test_top_level_dispatch(capsys):
