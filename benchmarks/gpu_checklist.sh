@@ -7,7 +7,7 @@
 #
 #   bash benchmarks/gpu_checklist.sh tests   # every `gpu` test: xformers, nvJPEG, NaN check, recipes
 #   bash benchmarks/gpu_checklist.sh mae_b   # xformers test, compiled-step profile, MAE ViT-B MFU
-#   bash benchmarks/gpu_checklist.sh mae_l   # MAE ViT-L MFU and HF ratio
+#   bash benchmarks/gpu_checklist.sh mae_l   # MAE ViT-L MFU and HF ratio; ViT-B whole-loss compile
 #   bash benchmarks/gpu_checklist.sh video   # VideoMAE-B MFU, decoder masking, HF ratio; methods
 #   bash benchmarks/gpu_checklist.sh data    # end to end: JPEG shards vs synthetic, 15 workers
 #   DRY_RUN=1 bash benchmarks/gpu_checklist.sh all   # print the commands only
@@ -44,6 +44,9 @@ mae_b() {
 mae_l() {
     step mae_vit_l pretrain_throughput --models L --batch-size 256 --precisions bf16 \
         --backends sdpa --compile --warmup 3 --steps 10 --round-steps 5
+    step mae_vit_b_loss_scope pretrain_throughput --models B --batch-size 512 \
+        --precisions bf16 --compile-only --compile-scope loss --no-hf --warmup 3 --steps 10 \
+        --round-steps 5
 }
 
 video() {

@@ -325,7 +325,9 @@ def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def build_variant(v: Variant, name: str, device: torch.device, compile_mode: str) -> None:
+def build_variant(
+    v: Variant, name: str, device: torch.device, compile_mode: str, scope: str = "modules"
+) -> None:
     torch.manual_seed(0)
     if v.kind == "mimkit":
         model = build_mimkit(name, v.backend)
@@ -334,7 +336,9 @@ def build_variant(v: Variant, name: str, device: torch.device, compile_mode: str
         model = build_hf(name, "sdpa")
         v.loss_fn = hf_loss
     model = model.to(device).train()
-    if v.compiled:
+    if v.compiled and scope == "loss":  # masking, patchify, both models and the loss: one graph
+        v.loss_fn = torch.compile(v.loss_fn, mode=compile_mode, dynamic=False)
+    elif v.compiled:
         if v.kind == "mimkit":
             model.encoder.compile(mode=compile_mode)
             model.decoder.compile(mode=compile_mode)
@@ -393,7 +397,7 @@ def run_group(
     for v in variants:
         t0 = time.perf_counter()
         try:
-            build_variant(v, name, device, args.compile_mode)
+            build_variant(v, name, device, args.compile_mode, args.compile_scope)
             for _ in range(args.warmup):
                 train_step(v, x, amp, device, args.nonfinite_check)
             sync(device)
@@ -490,6 +494,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--compile-only", action="store_true", help="time compiled variants only")
     p.add_argument("--compile-mode", default="default")
+    p.add_argument(
+        "--compile-scope",
+        choices=["modules", "loss"],
+        default="modules",
+        help="compile the encoder and decoder (as compile_modules does), or the whole loss "
+        "function in one graph (an experiment: with DDP, one backward graph cannot overlap "
+        "its all-reduce)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per variant")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant")
@@ -702,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
                     "precision": precision,
                     "backend": v.backend,
                     "compile": v.compiled,
+                    "compile_scope": args.compile_scope if v.compiled else None,
                     "batch": batch,
                     "images_per_s": ips,
                     "step_ms": step * 1e3 if step else None,
