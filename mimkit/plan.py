@@ -21,6 +21,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +51,21 @@ class MemoryModel:
 
     def bytes_for(self, batch: int) -> int:
         return self.static + batch * self.per_sample
+
+
+def _check_data(datamodule: Any, gpus: int) -> None:
+    """Says up front what the data module's own pre-launch check would stop the run for."""
+    from mimkit.data.errors import DataConfigError
+
+    preflight = getattr(datamodule, "preflight", None)
+    if preflight is None:
+        return
+    try:
+        preflight("fit", gpus)
+    except DataConfigError as error:
+        print(f"warning: on {gpus} GPUs the run would stop: {error}")
+    except FileNotFoundError as error:
+        print(f"note: not found on this machine (fine if the job's machines have it): {error}")
 
 
 def memory_size(text: str) -> int:
@@ -315,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"command: --data.batch_size {batch} --trainer.accumulate_grad_batches {accumulation} "
         f"--model.encoder.init_args.grad_checkpointing {str(checkpointing).lower()}"
     )
+    _check_data(datamodule, args.gpus)
     if args.measure:
         if not torch.cuda.is_available():
             print("--measure needs a CUDA GPU; showing the estimate only", file=sys.stderr)

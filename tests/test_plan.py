@@ -70,6 +70,17 @@ def test_plan_command_on_the_quickstart_recipe(capsys):
     assert "--gpu-memory: cannot read '1XB'" in capsys.readouterr().err
 
 
+def test_plan_says_what_the_data_would_stop_the_run_for(tmp_path, capsys):
+    shards = ["--data", "mimkit.data.Shards", "--data.urls", str(tmp_path / "s-{0..3}.tar")]
+    args = ["--config", "recipes/quickstart/mae_digits.yaml", "--gpus", "2", "--gpu-memory", "1GB"]
+    assert main([*args, *shards, "--data.img_size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: on 2 GPUs the run would stop: Shards on 2 ranks needs data.epoch_length" in out
+    assert main([*args, *shards, "--data.img_size", "32", "--data.epoch_length", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "note: not found on this machine" in out and "s-0.tar and 3 more" in out
+
+
 def test_plan_counts_per_loaded_video_with_its_repeated_clips():
     from types import SimpleNamespace
 
