@@ -153,14 +153,17 @@ def user_error(error: BaseException) -> BaseException | None:
         NotADirectoryError,
         MisconfigurationException,  # Lightning's: devices, accelerators, strategies
     )
+    return next((e for e in exception_chain(error) if isinstance(e, kinds)), None)
+
+
+def exception_chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then what caused it (``__cause__``, else ``__context__``), and so on."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
-        if isinstance(current, kinds):
-            return current
+        yield current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return None
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from mimkit.data import ReportSkippedSamples
 from mimkit.pretrain import PretrainModule, ReconstructionPreview
 from mimkit.pretrain.errors import ConfigError
 
+from .cli import exception_chain
 from .resume import AtomicCheckpointIO, RequeueOnSignal, RestoreRNG
 
 __all__ = ["PretrainCLI", "MimkitCLI"]
@@ -22,13 +23,7 @@ __all__ = ["PretrainCLI", "MimkitCLI"]
 
 def innermost_value_error(error: BaseException) -> BaseException:
     """The first ``ValueError`` raised in ``error``'s chain of causes (the constructor's own)."""
-    found, current, seen = error, error, set()
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ValueError):
-            found = current
-        current = current.__cause__ or current.__context__
-    return found
+    return [e for e in exception_chain(error) if isinstance(e, ValueError)][-1]
 
 
 class MimkitCLI(LightningCLI):
