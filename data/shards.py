@@ -101,13 +101,23 @@ class EncodedImageSample:
         self.scale = scale
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any] | None:
-        key = next((k for k in IMAGE_KEYS if k in raw), None)
+        key = image_key(raw)
         if key is None:
             return None
         sample = encode_image(raw[key], self.scale)
         if "cls" in raw:
             sample["label"] = int(raw["cls"])
         return sample
+
+
+def rank_shards(urls: Sequence[str], rank: int, world_size: int) -> list[str]:
+    """The shards rank ``rank`` of ``world_size`` reads in one pass: ``urls[rank::world_size]``."""
+    return list(urls[rank::world_size])
+
+
+def image_key(raw: dict[str, Any]) -> str | None:
+    """The key of a raw sample's image bytes (``jpg``, ``png``, ...), ``None`` without one."""
+    return next((k for k in IMAGE_KEYS if k in raw), None)
 
 
 def expand_urls(urls: str | Sequence[str]) -> list[str]:
@@ -180,7 +190,7 @@ class ShardStream(IterableDataset):
 
     def rank_urls(self) -> list[str]:
         """This rank's shards, ``urls[rank::world_size]`` (all of them when resampled)."""
-        return self.urls if self.resampled else self.urls[self.rank :: self.world_size]
+        return self.urls if self.resampled else rank_shards(self.urls, self.rank, self.world_size)
 
     def _quota(self, worker: int, num_workers: int) -> int | None:
         if self.samples_per_rank is None:
@@ -278,7 +288,7 @@ class ShardStream(IterableDataset):
             except Exception as error:  # the decoder's own failures: skip and count
                 log.debug("Skipping undecodable sample %s: %r", raw.get("__key__"), error)
                 return None
-        key = next((k for k in IMAGE_KEYS if k in raw), None)
+        key = image_key(raw)
         if key is None:
             return None
         try:
@@ -425,7 +435,7 @@ class Shards(MimDataModule):
         rank, world_size = self._ranks()
         self.preflight(stage, world_size)
         workers = max(1, self.num_workers)
-        per_rank_shards = len(self.urls[rank::world_size])
+        per_rank_shards = len(rank_shards(self.urls, rank, world_size))
         if not self.resampled and per_rank_shards < workers:
             warnings.warn(
                 f"{per_rank_shards} training shards for this rank's {workers} workers: "
