@@ -33,7 +33,7 @@ if [ "${RUN_XFORMERS_TEST:-0}" = 1 ]; then
 fi
 if [ "${RUN_GPU_TESTS:-0}" = 1 ]; then
     exec python3 -P -m pytest -q -p no:cacheprovider -m gpu -rs "$@" \
-        tests/test_gpu.py tests/test_attention.py tests/test_masking.py
+        tests/test_gpu.py tests/test_base.py tests/test_attention.py tests/test_masking.py
 fi
 if [ "${PROFILE_ONLY:-0}" = 1 ]; then exec python3 benchmarks/profile_step.py "$@"; fi
 exec python3 benchmarks/"${BENCH:-pretrain_throughput}".py --device cuda "$@"

@@ -109,15 +109,27 @@ def fused_adamw(params):
     return torch.optim.AdamW(params, lr=0.05, fused=True)
 
 
+ON_CUDA = pytest.param(
+    "gpu",
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    ],
+)
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", ON_CUDA])  # the fused CPU / CUDA AdamW
 @pytest.mark.parametrize("nan_steps", [{1}, {1, 2}])
-def test_device_nonfinite_check_skips_like_the_host_check(tmp_path, nan_steps):
+def test_device_nonfinite_check_skips_like_the_host_check(tmp_path, nan_steps, accelerator):
     final = {}
     for mode in ("host", "device"):
         torch.manual_seed(0)
         model = Regression(
             nan_steps=nan_steps, scale_lr=False, optimizer=fused_adamw, nonfinite_check=mode
         )
-        trainer = quiet_trainer(tmp_path, max_steps=5, limit_train_batches=8, max_epochs=1)
+        trainer = quiet_trainer(
+            tmp_path, accelerator=accelerator, max_steps=5, limit_train_batches=8, max_epochs=1
+        )
         trainer.fit(model, datamodule=tiny_data())
         assert (model.nonfinite_guard is not None) == (mode == "device")
         seen = model.weights_seen
