@@ -53,7 +53,7 @@ class MemoryModel:
         return self.static + batch * self.per_sample
 
 
-def _check_data(datamodule: Any, gpus: int) -> None:
+def _report_data_problems(datamodule: Any, gpus: int) -> None:
     """Says up front what the data module's own pre-launch check would stop the run for."""
     from mimkit.data.errors import DataConfigError
 
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"command: --data.batch_size {batch} --trainer.accumulate_grad_batches {accumulation} "
         f"--model.encoder.init_args.grad_checkpointing {str(checkpointing).lower()}"
     )
-    _check_data(datamodule, args.gpus)
+    _report_data_problems(datamodule, args.gpus)
     if args.measure:
         if not torch.cuda.is_available():
             print("--measure needs a CUDA GPU; showing the estimate only", file=sys.stderr)
