@@ -168,6 +168,15 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
                 raise TimeoutError(f"job {job_id} still {info.get('JobState')}")
             time.sleep(0.5)
 
+    def daemon_logs(self, chars: int = 1500) -> str:
+        """The tails of the controller's and the nodes' logs, for a failure message."""
+        logs = [self.root / "slurmctld.log", *sorted(self.root.glob("slurmd*.log"))]
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}"
+            for path in logs
+            if path.exists()
+        )
+
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.terminate()
@@ -247,7 +256,7 @@ def test_two_nodes_train_and_a_preempted_job_requeues_and_resumes_exactly(
     cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     info = cluster.wait(job)
     log = (cluster.root / "runs" / f"preempted-{job}.out").read_text()
-    assert info["JobState"] == "COMPLETED", log[-3000:]
+    assert info["JobState"] == "COMPLETED", f"{info}\n{log[-3000:]}\n{cluster.daemon_logs()}"
     assert "requeueing SLURM job" in log, log[-3000:]
     assert "(restart 1)" in log and "Restored all states" in log, log[-3000:]
     resumed = final_state(run_dir)
