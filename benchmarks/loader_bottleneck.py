@@ -79,7 +79,7 @@ def model_rate(model, datamodule, device: torch.device, steps: int) -> float:
     )
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
     step = step_fn(model, batch, optimizer, autocast)
 

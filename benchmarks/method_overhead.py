@@ -108,7 +108,7 @@ def main() -> None:
     for method in args.methods:
         model = build(method, "sdpa").to(device).train()
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
         models[method] = step_fn(model, batch, optimizer, autocast)
         for _ in range(args.warmup):
             models[method]()
