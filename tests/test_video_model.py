@@ -263,6 +263,112 @@ def test_videomae_loss_matches_independent_computation(dual):
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
 
 
+def hf_videomae_state(model: VideoMAE, hf_state: dict) -> dict | None:
+    """mimkit VideoMAE weights under transformers' ``VideoMAEForPreTraining`` names.
+
+    transformers (like the official code) has no key bias: timm's key bias only adds a
+    constant to each query's logits, which the softmax ignores, so it is dropped.
+    """
+    ours = model.state_dict()
+    out = {
+        "mask_token": ours["decoder.mask_token"],
+        "encoder_to_decoder.weight": ours["decoder.embed.weight"],
+        "videomae.embeddings.patch_embeddings.projection.weight": ours[
+            "encoder.patch_embed.proj.weight"
+        ],
+        "videomae.embeddings.patch_embeddings.projection.bias": ours[
+            "encoder.patch_embed.proj.bias"
+        ],
+        "videomae.layernorm.weight": ours["encoder.norm.weight"],
+        "videomae.layernorm.bias": ours["encoder.norm.bias"],
+        "decoder.norm.weight": ours["decoder.norm.weight"],
+        "decoder.norm.bias": ours["decoder.norm.bias"],
+        "decoder.head.weight": ours["decoder.pred.weight"],
+        "decoder.head.bias": ours["decoder.pred.bias"],
+    }
+    for hf_prefix, our_prefix, depth in (
+        ("videomae.encoder.layer", "encoder.blocks", len(model.encoder.blocks)),
+        ("decoder.decoder_layers", "decoder.blocks", len(model.decoder.blocks)),
+    ):
+        for i in range(depth):
+            h, o = f"{hf_prefix}.{i}", f"{our_prefix}.{i}"
+            q, k, v = ours[f"{o}.attn.qkv.weight"].chunk(3)
+            q_bias, _, v_bias = ours[f"{o}.attn.qkv.bias"].chunk(3)
+            out[f"{h}.attention.attention.query.weight"] = q
+            out[f"{h}.attention.attention.query.bias"] = q_bias
+            out[f"{h}.attention.attention.key.weight"] = k
+            out[f"{h}.attention.attention.value.weight"] = v
+            out[f"{h}.attention.attention.value.bias"] = v_bias
+            for kind in ("weight", "bias"):
+                out[f"{h}.attention.output.dense.{kind}"] = ours[f"{o}.attn.proj.{kind}"]
+                out[f"{h}.layernorm_before.{kind}"] = ours[f"{o}.norm1.{kind}"]
+                out[f"{h}.layernorm_after.{kind}"] = ours[f"{o}.norm2.{kind}"]
+                out[f"{h}.intermediate.dense.{kind}"] = ours[f"{o}.mlp.fc1.{kind}"]
+                out[f"{h}.output.dense.{kind}"] = ours[f"{o}.mlp.fc2.{kind}"]
+    return out if set(out) == set(hf_state) else None
+
+
+def test_videomae_matches_transformers_with_copied_weights():
+    """The whole objective against transformers' port of the official VideoMAE.
+
+    Same weights and tube mask: tubelet embedding, VideoMAE's 1D sinusoid tables in
+    encoder and decoder, the encoder's final norm (pretraining encoder), the decoder on
+    visible latents plus mask tokens, and the per-tube, per-channel normalized target.
+    """
+    transformers = pytest.importorskip("transformers")
+    model = tiny_videomae(
+        encoder={
+            "video_pos_embed": "videomae",
+            "model_kwargs": {"depth": 2, "class_token": False, "global_pool": "avg"},
+        },
+        masking=TubeMasking(0.75),
+    ).eval()
+    with torch.no_grad():  # the official encoder_to_decoder has no bias
+        model.decoder.embed.bias.zero_()
+    config = transformers.VideoMAEConfig(
+        image_size=S,
+        patch_size=P,
+        num_frames=T,
+        tubelet_size=TUBE,
+        hidden_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=768,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=128,
+        qkv_bias=True,
+        norm_pix_loss=True,
+        use_mean_pooling=False,  # the pretraining encoder ends with its norm
+        layer_norm_eps=1e-6,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    hf = transformers.VideoMAEForPreTraining(config).eval()
+    state = hf_videomae_state(model, hf.state_dict())
+    if state is None:
+        pytest.skip("this transformers version names VideoMAE's layers differently")
+    hf.load_state_dict(state, strict=True)
+    torch.testing.assert_close(
+        hf.videomae.embeddings.position_embeddings.float(), model.encoder.pos_embed
+    )
+    torch.testing.assert_close(hf.position_embeddings.float(), model.decoder.pos_embed)
+
+    video = torch.randn(3, 3, T, S, S)
+    mask = model.mask(3, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        loss = model.loss(
+            model.decode(model.encode(video, mask), mask, mask.ids_masked),
+            model.target(video, mask.ids_masked),
+        )
+        # transformers takes (B, T, C, H, W) clips normalized with ImageNet's mean and std,
+        # and un-normalizes them for the target; per-channel normalization cancels that.
+        expected = hf(pixel_values=video.transpose(1, 2), bool_masked_pos=mask.mask).loss
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_dual_masking_loss_covers_exactly_the_decoder_targets():
     model = tiny_videomae(decoder_masking=RunningCellMasking(0.5)).eval()
     video = torch.randn(2, 3, T, S, S)
