@@ -298,3 +298,40 @@ def test_random_encoder_warns_unless_pretrained_weights_are_loaded(mae_ckpt, tmp
     assert validate(LinearProbe(init_from=str(mae_ckpt), num_classes=10)) == []
     restored = LinearProbe(encoder=tiny_encoder(depth=2), num_classes=10)
     assert validate(restored, ckpt_path=tmp_path / "probe.ckpt") == []  # finetune test --ckpt_path
+
+
+def mae_layer_decay(name: str, param: torch.Tensor, blocks: int, decay: float, wd: float):
+    """facebookresearch/mae ``util/lr_decay.py`` rules, written out: (lr scale, weight decay).
+
+    Layer 0 is the tokens, position table and patch embedding, block ``i`` is layer
+    ``i + 1``, everything else (final norm, fc_norm, head) is layer ``blocks + 1``; the
+    scale is ``decay ** (blocks + 1 - layer)``. 1-D parameters, ``pos_embed`` and
+    ``cls_token`` take no weight decay.
+    """
+    layers = blocks + 1
+    local = name.removeprefix("encoder.") if name.startswith("encoder.") else None
+    if local in ("cls_token", "pos_embed") or (local or "").startswith("patch_embed"):
+        layer = 0
+    elif (local or "").startswith("blocks."):
+        layer = int(local.split(".")[1]) + 1
+    else:
+        layer = layers
+    no_decay = param.ndim == 1 or local in ("pos_embed", "cls_token")
+    return decay ** (layers - layer), 0.0 if no_decay else wd
+
+
+def test_layer_wise_lr_decay_follows_maes_rules(mae_ckpt):
+    model = FineTune(init_from=str(mae_ckpt), num_classes=10, layer_decay=0.6, pool="avg")
+    model.build_head(10)
+    blocks = len(model.encoder.blocks)
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    seen = set()
+    for group in model.param_groups():
+        for param in group["params"]:
+            name = names[id(param)]
+            scale, wd = mae_layer_decay(name, param, blocks, 0.6, 0.05)
+            assert group.get("lr_scale", 1.0) == pytest.approx(scale), name
+            assert group["weight_decay"] == wd, name
+            seen.add(name)
+    assert seen == set(names.values())
+    assert any(n.startswith("head.") for n in seen) and "encoder.pos_embed" in seen
