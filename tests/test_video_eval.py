@@ -118,6 +118,70 @@ def test_multi_view_log_probabilities_stay_finite_when_a_class_underflows():
     assert torch.isfinite(loss) and loss.item() == pytest.approx(400.0)
 
 
+def test_video_finetune_model_matches_transformers_videomae_classifier():
+    """VideoMAE's fine-tuning model: mean of the tokens without a final norm, ``fc_norm``,
+    head; against transformers' ``VideoMAEForVideoClassification`` with copied weights."""
+    transformers = pytest.importorskip("transformers")
+    encoder = video_encoder(
+        num_frames=4,
+        tubelet_size=2,
+        video_pos_embed="videomae",
+        model_kwargs={"depth": 2, "class_token": False, "global_pool": "avg"},
+    )
+    model = FineTune(encoder=encoder, num_classes=5, pool="avg", mixup_alpha=0, cutmix_alpha=0)
+    model.build_head(5)
+    with torch.no_grad():  # non-trivial norm and head weights
+        for param in [*model.fc_norm.parameters(), *model.head.parameters()]:
+            param.normal_()
+    model.eval()
+    config = transformers.VideoMAEConfig(
+        image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=192,
+        num_hidden_layers=2, num_attention_heads=3, intermediate_size=768, num_labels=5,
+        qkv_bias=True, use_mean_pooling=True, layer_norm_eps=1e-6, hidden_act="gelu",
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    hf = transformers.VideoMAEForVideoClassification(config).eval()
+    ours = model.state_dict()
+    state = {
+        "videomae.embeddings.patch_embeddings.projection.weight": ours[
+            "encoder.patch_embed.proj.weight"
+        ],
+        "videomae.embeddings.patch_embeddings.projection.bias": ours[
+            "encoder.patch_embed.proj.bias"
+        ],
+        "fc_norm.weight": ours["fc_norm.weight"],
+        "fc_norm.bias": ours["fc_norm.bias"],
+        "classifier.weight": ours["head.weight"],
+        "classifier.bias": ours["head.bias"],
+    }
+    for i in range(2):
+        h, o = f"videomae.encoder.layer.{i}", f"encoder.blocks.{i}"
+        q, k, v = ours[f"{o}.attn.qkv.weight"].chunk(3)
+        q_bias, _, v_bias = ours[f"{o}.attn.qkv.bias"].chunk(3)  # the key bias cancels
+        state |= {
+            f"{h}.attention.attention.query.weight": q,
+            f"{h}.attention.attention.query.bias": q_bias,
+            f"{h}.attention.attention.key.weight": k,
+            f"{h}.attention.attention.value.weight": v,
+            f"{h}.attention.attention.value.bias": v_bias,
+        }
+        for kind in ("weight", "bias"):
+            state |= {
+                f"{h}.attention.output.dense.{kind}": ours[f"{o}.attn.proj.{kind}"],
+                f"{h}.layernorm_before.{kind}": ours[f"{o}.norm1.{kind}"],
+                f"{h}.layernorm_after.{kind}": ours[f"{o}.norm2.{kind}"],
+                f"{h}.intermediate.dense.{kind}": ours[f"{o}.mlp.fc1.{kind}"],
+                f"{h}.output.dense.{kind}": ours[f"{o}.mlp.fc2.{kind}"],
+            }
+    if set(state) != set(hf.state_dict()):
+        pytest.skip("this transformers version names VideoMAE's layers differently")
+    hf.load_state_dict(state, strict=True)
+    clips = torch.randn(3, 3, 4, 32, 32)
+    with torch.no_grad():
+        expected = hf(pixel_values=clips.transpose(1, 2)).logits
+        torch.testing.assert_close(model(clips), expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("module", [FineTune, LinearProbe])
 def test_class_token_pooling_without_a_class_token_is_a_config_error(module):
     encoder = video_encoder(
