@@ -2,6 +2,7 @@
 
 from .attention import BackendAttention, use_backend, xformers_available
 from .base import PretrainModule, default_adamw, ema_update, momentum_at, warmup_cosine
+from .color_masking import ColorMasking, color_mask, filtered_noise
 from .decoder import MAEDecoder
 from .encoder import ViTEncoder, gather_tokens
 from .errors import BackendUnavailableError, ConfigError
@@ -23,6 +24,7 @@ __all__ = [
     "BackendAttention",
     "BackendUnavailableError",
     "BlockMasking",
+    "ColorMasking",
     "ConfigError",
     "MAEDecoder",
     "Mask",
@@ -32,8 +34,10 @@ __all__ = [
     "ReconstructionPreview",
     "ViTEncoder",
     "block_mask",
+    "color_mask",
     "default_adamw",
     "ema_update",
+    "filtered_noise",
     "gather_tokens",
     "momentum_at",
     "normalize_patches",

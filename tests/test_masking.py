@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from mimkit.pretrain.color_masking import color_mask
 from mimkit.pretrain.masking import (
     BlockMasking,
     RandomMasking,
@@ -169,5 +170,6 @@ def test_masks_are_made_on_device():
         random_mask(4, 196, 0.75, generator=gen),
         block_mask(4, (14, 14), 0.5, generator=gen),
         random_cell_mask(4, (14, 14), 0.65, cell_size=2, generator=gen),
+        color_mask(4, (14, 14), 0.75, "green", generator=gen),
     ):
         assert mask.mask.is_cuda and mask.ids_keep.is_cuda
