@@ -19,9 +19,11 @@ over MAE's.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_throughput import cuda_peak, measure_matmul_tflops, sync  # noqa: E402
 from results_file import write_results  # noqa: E402
 
+from mimkit.cli import not_an_advert  # noqa: E402
 from mimkit.pretrain.base import ema_update  # noqa: E402
 from mimkit.pretrain_cli import PretrainCLI  # noqa: E402
 
@@ -52,7 +55,9 @@ def build(method: str, backend: str) -> torch.nn.Module:
     if "compile_modules" in text:
         args += ["--model.compile_modules", "false"]
     torch.manual_seed(0)
-    return PretrainCLI(args=args, run=False).model
+    with warnings.catch_warnings():  # the CLI's Trainer is never used: no SLURM hints
+        warnings.filterwarnings("ignore", message=".*srun.*")
+        return PretrainCLI(args=args, run=False).model
 
 
 def make_batch(batch_size: int, device: torch.device) -> dict:
@@ -93,6 +98,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed rounds (one step each)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_an_advert)
     device = torch.device(args.device)
     bf16 = args.precision == "bf16"
     if device.type == "cuda":
