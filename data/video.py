@@ -312,8 +312,10 @@ class VideoClipTransform:
 
     Training: multi-scale crop (VideoMAE) or, with ``area_scale``, a random resized crop
     of that area fraction and aspect ratio in ``[3/4, 4/3]`` (MAE-ST), resized to ``S``;
-    horizontal flip with probability 0.5 when ``flip``; evaluation: short side resized to ``S``, center crop. Then ``/255`` and
-    per-channel normalization. The same crop and flip apply to every frame of a clip.
+    horizontal flip with probability 0.5 when ``flip``; evaluation: short side resized to ``S``,
+    center crop. Crops and resizes run on the uint8 frames (antialiased, as the reference
+    pipelines' PIL / OpenCV resizes, and about twice as fast as on floats); then ``/255`` and
+    per-channel normalization in one pass. The same crop and flip apply to every frame.
 
     Fine-tuning augmentation (VideoMAE's recipe; training only, off by default): RandAugment
     on the uint8 frames before the crop and random erasing after normalization, each drawn
@@ -371,27 +373,25 @@ class VideoClipTransform:
     def __call__(
         self, frames: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        video = frames.permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
-        if self.train and self.rand_augment is not None:  # one draw for the whole clip
-            video = self.rand_augment(tv_tensors.Video(video)).as_subclass(torch.Tensor)
-        clip = video.float().div_(255.0)
-        height, width = clip.shape[-2:]
-        size = [self.img_size, self.img_size]
-        if self.train:
-            if self.area_scale is not None:
-                top, left, crop_h, crop_w = RandomResizedCrop.get_params(
-                    clip, list(self.area_scale), [3 / 4, 4 / 3]
-                )
-            else:
-                top, left, crop_h, crop_w = multi_scale_crop_box(
-                    height, width, self.scales, 1, generator, output_size=self.img_size
-                )
-            clip = TF.resized_crop(clip, top, left, crop_h, crop_w, size, antialias=True)
-            if self.flip and bool(torch.rand((), generator=generator) < 0.5):
-                clip = clip.flip(-1)
-        else:
+        if not self.train:
             return self.eval_crops(frames, 1)[0]
-        clip = TF.normalize(clip, self.mean, self.std)
+        video = frames.permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
+        if self.rand_augment is not None:  # one draw for the whole clip
+            video = self.rand_augment(tv_tensors.Video(video)).as_subclass(torch.Tensor)
+        height, width = video.shape[-2:]
+        if self.area_scale is not None:
+            top, left, crop_h, crop_w = RandomResizedCrop.get_params(
+                video, list(self.area_scale), [3 / 4, 4 / 3]
+            )
+        else:
+            top, left, crop_h, crop_w = multi_scale_crop_box(
+                height, width, self.scales, 1, generator, output_size=self.img_size
+            )
+        size = [self.img_size, self.img_size]
+        clip = TF.resized_crop(video, top, left, crop_h, crop_w, size, antialias=True)
+        if self.flip and bool(torch.rand((), generator=generator) < 0.5):
+            clip = clip.flip(-1)
+        clip = self.normalize(clip)
         if self.eraser is not None:  # one box and one noise patch for every frame
             clip = self.eraser(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
         return clip.permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)
@@ -408,8 +408,7 @@ class VideoClipTransform:
         Returns:
             ``num_crops`` normalized ``(3, T, S, S)`` clips.
         """
-        clip = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
-        clip = TF.resize(clip, self.img_size, antialias=True)
+        clip = TF.resize(frames.permute(0, 3, 1, 2), self.img_size, antialias=True)
         height, width = clip.shape[-2:]
         room_y, room_x = height - self.img_size, width - self.img_size
         views = []
@@ -417,9 +416,15 @@ class VideoClipTransform:
             at = 0.5 if num_crops == 1 else k / (num_crops - 1)
             top, left = int(round(at * room_y)), int(round(at * room_x))
             view = clip[..., top : top + self.img_size, left : left + self.img_size]
-            view = TF.normalize(view, self.mean, self.std)
-            views.append(view.permute(1, 0, 2, 3).contiguous())
+            views.append(self.normalize(view).permute(1, 0, 2, 3).contiguous())
         return views
+
+    def normalize(self, clip: torch.Tensor) -> torch.Tensor:
+        """``(T, 3, S, S)`` uint8 (or float in ``[0, 1]``) -> normalized float32, in one pass."""
+        scale = 255.0 if clip.dtype == torch.uint8 else 1.0
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1) * scale
+        std = torch.tensor(self.std).view(1, 3, 1, 1) * scale
+        return clip.float().sub_(mean).div_(std)
 
 
 class VideoClipDataset(FileSamples):

@@ -207,7 +207,7 @@ def test_eval_crops_span_the_long_side():
     frames = torch.arange(4 * 48 * 64 * 3).remainder(251).to(torch.uint8).view(4, 48, 64, 3)
     transform = VideoClipTransform(32, train=False, mean=(0.0,) * 3, std=(1.0,) * 3)
     left, center, right = transform.eval_crops(frames, 3)
-    resized = TF.resize(frames.permute(0, 3, 1, 2).float() / 255, 32, antialias=True)
+    resized = TF.resize(frames.permute(0, 3, 1, 2), 32, antialias=True).float() / 255  # uint8
     room = resized.shape[-1] - 32
     assert resized.shape[-2] == 32 and room > 8
     for view, start in ((left, 0), (center, round(room / 2)), (right, room)):
