@@ -36,6 +36,8 @@ class MAEDecoder(nn.Module):
         attn_backend: attention kernel, as for the encoder.
         grad_checkpointing: recompute each block in backward.
         video_pos_embed: space-time sin-cos layout for a 3D grid (see ``sincos_video``).
+        embed_bias: a bias in the encoder-to-decoder projection (MAE, MAE-ST: yes;
+            VideoMAE's ``encoder_to_decoder``: no).
     """
 
     def __init__(
@@ -51,13 +53,14 @@ class MAEDecoder(nn.Module):
         attn_backend: AttentionBackend = "auto",
         grad_checkpointing: bool = False,
         video_pos_embed: VideoPosEmbed = "joint",
+        embed_bias: bool = True,
     ) -> None:
         super().__init__()
         self.grid_size = tuple(grid_size)
         self.video_pos_embed = video_pos_embed
         self.num_prefix_tokens = num_prefix_tokens
         self.grad_checkpointing = grad_checkpointing
-        self.embed = nn.Linear(encoder_dim, dim)
+        self.embed = nn.Linear(encoder_dim, dim, bias=embed_bias)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos_embed", self._position_table(dim), persistent=False)
         norm = partial(nn.LayerNorm, eps=1e-6)

@@ -104,7 +104,7 @@ class VideoMAE(PretrainModule):
       tube normalized per channel), ``video_pos_embed: videomae`` on the encoder.
     * MAE-ST: ``RandomMasking(0.9)`` over all ``T' * H' * W'`` tokens, a class token,
       ``video_pos_embed: separable``, ``tubelet_size: 2``, decoder depth 4,
-      ``norm_per_channel=False`` (MAE's per-patch normalization).
+      ``norm_per_channel=False`` (MAE's per-patch normalization), ``decoder_embed_bias=True``.
     * VideoMAE V2 dual masking: ``decoder_masking=RunningCellMasking(0.5)``; the decoder
       then processes only the visible latents plus a mask token at each decoder-visible
       position, and the loss covers those the encoder masked
@@ -129,6 +129,8 @@ class VideoMAE(PretrainModule):
             ``linspace(0, T - 1, pred_frames)`` (8 of 16: frames 0, 2, ..., 12, 15), so each
             token predicts ``tubelet_size * pred_frames / T`` frames; ``None`` regresses
             every frame of its tube (VideoMAE).
+        decoder_embed_bias: a bias in the encoder-to-decoder projection; VideoMAE and V2
+            have none (``encoder_to_decoder``), MAE-ST has one (MAE's ``decoder_embed``).
         **kwargs: optimizer, schedule and stability settings of :class:`PretrainModule`.
     """
 
@@ -143,6 +145,7 @@ class VideoMAE(PretrainModule):
         norm_per_channel: bool = True,
         decoder_masking: MaskGenerator | None = None,
         pred_frames: int | None = None,
+        decoder_embed_bias: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -170,6 +173,7 @@ class VideoMAE(PretrainModule):
             attn_backend=encoder.attn_backend,
             grad_checkpointing=encoder.grad_checkpointing,
             video_pos_embed=encoder.video_pos_embed,
+            embed_bias=decoder_embed_bias,
         )
 
     # ----- the model, one step at a time -------------------------------------------
