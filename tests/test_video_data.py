@@ -24,16 +24,23 @@ np = pytest.importorskip("numpy")
 
 
 def write_video(
-    path, num_frames: int = 24, height: int = 48, width: int = 64, rate: int = 10
+    path,
+    num_frames: int = 24,
+    height: int = 48,
+    width: int = 64,
+    rate: int = 10,
+    textured: bool = False,
 ) -> None:
-    """An mp4 whose frame ``i`` is a flat color with red = 10 * i (frame index readable back)."""
+    """An mp4 whose frame ``i`` has red = 10 * i everywhere (frame index readable back);
+    green is 128, or with ``textured`` a left-to-right ramp, so crops and flips show."""
+    ramp = np.linspace(0, 255, width).astype(np.uint8)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.bit_rate = 2_000_000
         for i in range(num_frames):
             frame = np.zeros((height, width, 3), np.uint8)
-            frame[..., 0], frame[..., 1] = 10 * i, 128
+            frame[..., 0], frame[..., 1] = 10 * i, ramp if textured else 128
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -181,8 +188,8 @@ def test_broken_short_and_missing_videos_are_skipped_and_counted(tmp_path):
 
 
 def test_repeat_aug_batches_count_clips(tmp_path):
-    write_video(tmp_path / "a.mp4")
-    write_video(tmp_path / "b.mp4")
+    write_video(tmp_path / "a.mp4", textured=True)
+    write_video(tmp_path / "b.mp4", textured=True)
     data = VideoFolder(
         tmp_path, img_size=32, num_frames=4, repeat_aug=2, batch_size=2, num_workers=0
     )
