@@ -4,11 +4,11 @@ and VideoMAE V2 dual masking (Wang et al. 2023), one module with their options."
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jsonargparse import lazy_instance
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import PretrainModule
 from .decoder import MAEDecoder
@@ -104,7 +104,8 @@ class VideoMAE(PretrainModule):
       tube normalized per channel), ``video_pos_embed: videomae`` on the encoder.
     * MAE-ST: ``RandomMasking(0.9)`` over all ``T' * H' * W'`` tokens, a class token,
       ``video_pos_embed: separable``, ``tubelet_size: 2``, decoder depth 4,
-      ``norm_per_channel=False`` (MAE's per-patch normalization), ``decoder_embed_bias=True``.
+      ``norm_per_channel=False`` (MAE's per-patch normalization), ``decoder_embed_bias=True``,
+      ``init="mae"``.
     * VideoMAE V2 dual masking: ``decoder_masking=RunningCellMasking(0.5)``; the decoder
       then processes only the visible latents plus a mask token at each decoder-visible
       position, and the loss covers those the encoder masked
@@ -131,6 +132,10 @@ class VideoMAE(PretrainModule):
             every frame of its tube (VideoMAE).
         decoder_embed_bias: a bias in the encoder-to-decoder projection; VideoMAE and V2
             have none (``encoder_to_decoder``), MAE-ST has one (MAE's ``decoder_embed``).
+        init: ``videomae``: MAE's xavier init except where VideoMAE's code differs (the
+            tubelet convolution and the encoder-to-decoder projection keep PyTorch's
+            default init; the mask token is normal with std 0.02 cut at +-0.02);
+            ``mae``: MAE's init throughout (MAE-ST).
         **kwargs: optimizer, schedule and stability settings of :class:`PretrainModule`.
     """
 
@@ -146,6 +151,7 @@ class VideoMAE(PretrainModule):
         decoder_masking: MaskGenerator | None = None,
         pred_frames: int | None = None,
         decoder_embed_bias: bool = False,
+        init: Literal["videomae", "mae"] = "videomae",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -175,6 +181,21 @@ class VideoMAE(PretrainModule):
             video_pos_embed=encoder.video_pos_embed,
             embed_bias=decoder_embed_bias,
         )
+        if init == "videomae":
+            self._videomae_init()
+        elif init != "mae":
+            raise ValueError(f"init must be 'videomae' or 'mae', got {init!r}")
+
+    def _videomae_init(self) -> None:
+        """The three places where VideoMAE's initialization differs from MAE's.
+
+        Its tubelet convolution and its ``encoder_to_decoder`` projection are outside the
+        modules its xavier init is applied to, so they keep PyTorch's defaults, and its
+        ``trunc_normal_`` cuts the mask token at one standard deviation.
+        """
+        self.encoder.patch_embed.proj.reset_parameters()
+        self.decoder.embed.reset_parameters()
+        nn.init.trunc_normal_(self.decoder.mask_token, std=0.02, a=-0.02, b=0.02)
 
     # ----- the model, one step at a time -------------------------------------------
 

@@ -460,3 +460,31 @@ def test_mae_st_pred_frames_regress_one_linspace_frame_per_token():
     assert views["reconstruction"].shape == video.shape
     with pytest.raises(ValueError, match="whole number of regressed frames"):
         tiny_videomae(pred_frames=3)
+
+
+def test_videomae_init_follows_videomaes_code_and_mae_st_keeps_maes():
+    """VideoMAE leaves its tubelet convolution and encoder_to_decoder at PyTorch's default
+    init (uniform within 1/sqrt(fan_in)) and cuts its mask token at one std; MAE-ST uses
+    MAE's xavier init and a plain normal mask token."""
+
+    def encoder():
+        return video_encoder(model_kwargs={"depth": 1, "embed_dim": 384, "num_heads": 6})
+
+    torch.manual_seed(0)
+    videomae = VideoMAE(encoder(), decoder_dim=512, decoder_depth=1, decoder_heads=8)
+    torch.manual_seed(0)
+    mae_st = VideoMAE(encoder(), decoder_dim=512, decoder_depth=1, decoder_heads=8, init="mae")
+    for model, default in ((videomae, True), (mae_st, False)):
+        proj, embed = model.encoder.patch_embed.proj.weight, model.decoder.embed.weight
+        fan_in = proj[0].numel()
+        default_bound, xavier_bound = fan_in**-0.5, (6 / (fan_in + proj.shape[0])) ** 0.5
+        assert float(proj.abs().max()) <= (default_bound if default else xavier_bound)
+        assert (float(proj.abs().max()) > default_bound) == (not default)
+        assert (float(embed.abs().max()) <= 384**-0.5) == default
+        token = model.decoder.mask_token
+        assert (float(token.abs().max()) <= 0.02) == default
+    # a normal cut at +-1 std keeps 54% of its spread
+    assert 0.45 < float(videomae.decoder.mask_token.std()) / 0.02 < 0.65
+    assert 0.85 < float(mae_st.decoder.mask_token.std()) / 0.02 < 1.15
+    with pytest.raises(ValueError, match="init must be"):
+        VideoMAE(encoder(), init="timm")
