@@ -367,6 +367,8 @@ class VideoClipTransform:
         self.train = train
         self.mean = list(mean)
         self.std = list(std)
+        stats = torch.tensor([self.mean, self.std]).view(2, 1, 3, 1, 1)
+        self._stats = {torch.uint8: stats * 255.0, torch.float32: stats}  # per input dtype
         self.flip = flip
         self.scales = tuple(scales)
 
@@ -421,9 +423,7 @@ class VideoClipTransform:
 
     def normalize(self, clip: torch.Tensor) -> torch.Tensor:
         """``(T, 3, S, S)`` uint8 (or float in ``[0, 1]``) -> normalized float32, in one pass."""
-        scale = 255.0 if clip.dtype == torch.uint8 else 1.0
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1) * scale
-        std = torch.tensor(self.std).view(1, 3, 1, 1) * scale
+        mean, std = self._stats[torch.uint8 if clip.dtype == torch.uint8 else torch.float32]
         return clip.float().sub_(mean).div_(std)
 
 

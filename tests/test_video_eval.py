@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from test_video_data import frame_index, write_video
+from test_video_model import hf_videomae_layers
 from test_video_weights import TINY, official_videomae_layout
 from tiny import FAST_TRAINER
 from torchvision.transforms.v2 import functional as TF
@@ -155,25 +156,7 @@ def test_video_finetune_model_matches_transformers_videomae_classifier():
         "classifier.weight": ours["head.weight"],
         "classifier.bias": ours["head.bias"],
     }
-    for i in range(2):
-        h, o = f"videomae.encoder.layer.{i}", f"encoder.blocks.{i}"
-        q, k, v = ours[f"{o}.attn.qkv.weight"].chunk(3)
-        q_bias, _, v_bias = ours[f"{o}.attn.qkv.bias"].chunk(3)  # the key bias cancels
-        state |= {
-            f"{h}.attention.attention.query.weight": q,
-            f"{h}.attention.attention.query.bias": q_bias,
-            f"{h}.attention.attention.key.weight": k,
-            f"{h}.attention.attention.value.weight": v,
-            f"{h}.attention.attention.value.bias": v_bias,
-        }
-        for kind in ("weight", "bias"):
-            state |= {
-                f"{h}.attention.output.dense.{kind}": ours[f"{o}.attn.proj.{kind}"],
-                f"{h}.layernorm_before.{kind}": ours[f"{o}.norm1.{kind}"],
-                f"{h}.layernorm_after.{kind}": ours[f"{o}.norm2.{kind}"],
-                f"{h}.intermediate.dense.{kind}": ours[f"{o}.mlp.fc1.{kind}"],
-                f"{h}.output.dense.{kind}": ours[f"{o}.mlp.fc2.{kind}"],
-            }
+    state |= hf_videomae_layers(ours, "videomae.encoder.layer", "encoder.blocks", 2)
     if set(state) != set(hf.state_dict()):
         pytest.skip("this transformers version names VideoMAE's layers differently")
     hf.load_state_dict(state, strict=True)

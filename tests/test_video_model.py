@@ -286,26 +286,35 @@ def hf_videomae_state(model: VideoMAE, hf_state: dict) -> dict | None:
         "decoder.head.weight": ours["decoder.pred.weight"],
         "decoder.head.bias": ours["decoder.pred.bias"],
     }
-    for hf_prefix, our_prefix, depth in (
-        ("videomae.encoder.layer", "encoder.blocks", len(model.encoder.blocks)),
-        ("decoder.decoder_layers", "decoder.blocks", len(model.decoder.blocks)),
-    ):
-        for i in range(depth):
-            h, o = f"{hf_prefix}.{i}", f"{our_prefix}.{i}"
-            q, k, v = ours[f"{o}.attn.qkv.weight"].chunk(3)
-            q_bias, _, v_bias = ours[f"{o}.attn.qkv.bias"].chunk(3)
-            out[f"{h}.attention.attention.query.weight"] = q
-            out[f"{h}.attention.attention.query.bias"] = q_bias
-            out[f"{h}.attention.attention.key.weight"] = k
-            out[f"{h}.attention.attention.value.weight"] = v
-            out[f"{h}.attention.attention.value.bias"] = v_bias
-            for kind in ("weight", "bias"):
-                out[f"{h}.attention.output.dense.{kind}"] = ours[f"{o}.attn.proj.{kind}"]
-                out[f"{h}.layernorm_before.{kind}"] = ours[f"{o}.norm1.{kind}"]
-                out[f"{h}.layernorm_after.{kind}"] = ours[f"{o}.norm2.{kind}"]
-                out[f"{h}.intermediate.dense.{kind}"] = ours[f"{o}.mlp.fc1.{kind}"]
-                out[f"{h}.output.dense.{kind}"] = ours[f"{o}.mlp.fc2.{kind}"]
+    out |= hf_videomae_layers(
+        ours, "videomae.encoder.layer", "encoder.blocks", len(model.encoder.blocks)
+    )
+    out |= hf_videomae_layers(
+        ours, "decoder.decoder_layers", "decoder.blocks", len(model.decoder.blocks)
+    )
     return out if set(out) == set(hf_state) else None
+
+
+def hf_videomae_layers(ours: dict, hf_prefix: str, our_prefix: str, depth: int) -> dict:
+    """timm blocks ``{our_prefix}.i`` under transformers' VideoMAE layer names, key bias
+    dropped (it only shifts each query's logits, which the softmax ignores)."""
+    out = {}
+    for i in range(depth):
+        h, o = f"{hf_prefix}.{i}", f"{our_prefix}.{i}"
+        q, k, v = ours[f"{o}.attn.qkv.weight"].chunk(3)
+        q_bias, _, v_bias = ours[f"{o}.attn.qkv.bias"].chunk(3)
+        out[f"{h}.attention.attention.query.weight"] = q
+        out[f"{h}.attention.attention.query.bias"] = q_bias
+        out[f"{h}.attention.attention.key.weight"] = k
+        out[f"{h}.attention.attention.value.weight"] = v
+        out[f"{h}.attention.attention.value.bias"] = v_bias
+        for kind in ("weight", "bias"):
+            out[f"{h}.attention.output.dense.{kind}"] = ours[f"{o}.attn.proj.{kind}"]
+            out[f"{h}.layernorm_before.{kind}"] = ours[f"{o}.norm1.{kind}"]
+            out[f"{h}.layernorm_after.{kind}"] = ours[f"{o}.norm2.{kind}"]
+            out[f"{h}.intermediate.dense.{kind}"] = ours[f"{o}.mlp.fc1.{kind}"]
+            out[f"{h}.output.dense.{kind}"] = ours[f"{o}.mlp.fc2.{kind}"]
+    return out
 
 
 def test_videomae_matches_transformers_with_copied_weights():
