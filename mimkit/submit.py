@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ import yaml
 
 from .help_format import DefaultsHelpFormatter
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "pretrain.sbatch"
+# slurm/ installs as the data package mimkit.slurm, so the template ships with every install.
+TEMPLATE = Path(str(resources.files("mimkit.slurm").joinpath("pretrain.sbatch")))
 
 
 class SubmitError(ValueError):

@@ -1,0 +1,1 @@
+"""sbatch templates filled by ``mimkit submit`` (installed as the data package ``mimkit.slurm``)."""
