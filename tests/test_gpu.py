@@ -75,3 +75,14 @@ def test_gpu_recipe_trains_and_saves_an_encoder_that_loads_exactly(recipe, tmp_p
     assert report.missing == [] and report.unexpected == []
     for key, value in encoder.state_dict().items():
         torch.testing.assert_close(value, raw["state_dict"][f"encoder.{key}"], rtol=0, atol=0)
+
+
+def test_plan_measures_the_chosen_batch_on_the_gpu(capsys):
+    from mimkit.plan import main as plan
+
+    recipe = "recipes/pretrain/mae_vit_base_patch16_in1k.yaml"  # 512 per GPU: 23 GiB
+    assert plan(["--config", recipe, "--gpus", "8", "--gpu-memory", "80GB", "--measure"]) == 0
+    out = capsys.readouterr().out
+    estimate = next(x for x in out.splitlines() if x.startswith("measured peak"))
+    assert abs(float(estimate.split("estimate ")[1].rstrip("%)"))) <= 15  # the bound
+    assert "measured step time (eager, one GPU)" in out and "MFU)" in out

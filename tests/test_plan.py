@@ -70,6 +70,22 @@ def test_plan_command_on_the_quickstart_recipe(capsys):
     assert "--gpu-memory: cannot read '1XB'" in capsys.readouterr().err
 
 
+def test_plan_step_time_scales_with_the_assumed_mfu(capsys):
+    args = ["--config", "recipes/quickstart/mae_digits.yaml", "--gpus", "2", "--gpu-memory", "1GB"]
+
+    def step_time(*extra: str) -> tuple[float, str]:
+        assert main([*args, *extra]) == 0
+        line = next(
+            x for x in capsys.readouterr().out.splitlines() if x.startswith("expected optimizer")
+        )
+        return float(line.split(": ")[1].split(" s ")[0]), line
+
+    default, line = step_time()
+    assert "at 30% MFU" in line  # the default: what MAE reached on an H100 (performance.md)
+    halved, _ = step_time("--mfu", "0.15")
+    assert default > 0 and halved == pytest.approx(2 * default, rel=0.01)
+
+
 def test_plan_says_what_the_data_would_stop_the_run_for(tmp_path, capsys):
     shards = ["--data", "mimkit.data.Shards", "--data.urls", str(tmp_path / "s-{0..3}.tar")]
     args = ["--config", "recipes/quickstart/mae_digits.yaml", "--gpus", "2", "--gpu-memory", "1GB"]
