@@ -11,6 +11,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.layers import PatchEmbed
 from timm.models import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -104,7 +105,12 @@ class ViTEncoder(nn.Module):
                 "mimkit encoders are built from timm's vision_transformer family"
             )
         if getattr(vit, "dynamic_img_size", False):
-            raise ValueError("dynamic_img_size is not supported; set img_size instead")
+            raise ValueError(
+                f"timm model {name!r} resizes its position table per input "
+                "(dynamic_img_size=True), which masked pretraining does not support: add "
+                "model_kwargs={'dynamic_img_size': False} and set img_size"
+            )
+        _check_patch_embedding(name, vit.patch_embed, img_size)
         for child_name, child in vit.named_children():
             self.add_module(child_name, child)
         for param_name, param in vit.named_parameters(recurse=False):
@@ -232,8 +238,10 @@ class ViTEncoder(nn.Module):
         return (self.grid_size[-2] * self.patch_size, self.grid_size[-1] * self.patch_size)
 
     def prefix_tokens(self, batch_size: int) -> Tensor | None:
-        """Class and register tokens with their position embedding: ``(B, P, D)`` or None."""
-        parts = [t for t in (self.cls_token, self.reg_token) if t is not None]
+        """Class (and distillation or register) tokens with their position embedding:
+        ``(B, P, D)`` or None."""
+        tokens = (self.cls_token, getattr(self, "dist_token", None), self.reg_token)
+        parts = [t for t in tokens if t is not None]
         if not parts:
             return None
         prefix = torch.cat(parts, dim=1)
@@ -268,6 +276,33 @@ class ViTEncoder(nn.Module):
         if prefix is not None:
             tokens = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
         return self.forward_blocks(tokens)
+
+
+def _check_patch_embedding(name: str, patch_embed: nn.Module, img_size: int) -> None:
+    """Masked pretraining needs patches embedded apart: a visible token must see no pixel of
+    a masked one, and the image must split into whole patches (the targets are patches)."""
+    proj = getattr(patch_embed, "proj", None)
+    patch = tuple(getattr(patch_embed, "patch_size", ()))
+    if not (
+        isinstance(patch_embed, PatchEmbed)
+        and isinstance(proj, nn.Conv2d)
+        and proj.kernel_size == proj.stride == patch
+        and proj.padding == (0, 0)
+        and not getattr(patch_embed, "dynamic_img_pad", False)
+    ):
+        raise TypeError(
+            f"timm model {name!r} embeds patches with {type(patch_embed).__name__} "
+            f"(proj: {type(proj).__name__}), not one non-overlapping patch convolution: its "
+            "tokens would see pixels of masked patches; use a plain patch-embedding ViT"
+        )
+    if any(img_size % p for p in patch):
+        lower, upper = (img_size // patch[0]) * patch[0], -(-img_size // patch[0]) * patch[0]
+        raise ValueError(
+            f"img_size {img_size} is not a multiple of the patch size {patch[0]} of {name!r}: "
+            f"the patch grid would drop the last {img_size - lower} pixels of each row and "
+            f"column, and masked pretraining reconstructs whole patches; use e.g. "
+            f"{lower or upper} or {upper}"
+        )
 
 
 def mae_init_weights(module: nn.Module) -> None:

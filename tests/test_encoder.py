@@ -16,6 +16,14 @@ TINY = {"img_size": 32, "patch_size": 8}
         ("vit_small_patch16_224", {}),
         ("vit_base_patch16_224", {"model_kwargs": {"depth": 2}}),
         ("vit_tiny_patch16_224", {"model_kwargs": {"reg_tokens": 2, "no_embed_class": True}}),
+        # other timm families: layer scale, register tokens with average pooling, attention
+        # pooling, pre-norm, parallel blocks, a distillation token
+        ("deit3_small_patch16_224", {"model_kwargs": {"depth": 2}}),
+        ("vit_little_patch16_reg4_gap_256", {"model_kwargs": {"depth": 2}}),
+        ("vit_base_patch16_siglip_224", {"model_kwargs": {"depth": 2}}),
+        ("vit_base_patch16_clip_224", {"model_kwargs": {"depth": 2}}),
+        ("vit_small_patch16_18x2_224", {"model_kwargs": {"depth": 2}}),
+        ("deit_tiny_distilled_patch16_224", {}),
     ],
 )
 def test_state_dict_loads_strictly_into_timm(name, kwargs):
@@ -78,6 +86,26 @@ def test_gradient_checkpointing_gives_same_gradients():
 def test_non_vit_model_is_rejected():
     with pytest.raises(TypeError, match="VisionTransformer"):
         ViTEncoder("resnet18", img_size=32)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,error,match",
+    [
+        (
+            "vit_tiny_patch16_224",
+            {"img_size": 60},
+            ValueError,
+            "not a multiple of the patch size 16",
+        ),
+        ("vit_small_patch14_dinov2", {"img_size": 64}, ValueError, "use e.g. 56 or 70"),
+        ("vit_base_mci_224", {"img_size": 64}, TypeError, "would see pixels of masked patches"),
+        ("vit_base_r50_s16_224", {"img_size": 64}, TypeError, "HybridEmbed"),
+        ("vit_intern300m_patch14_448", {"img_size": 56}, ValueError, "'dynamic_img_size': False"),
+    ],
+)
+def test_encoders_masked_pretraining_cannot_use_are_rejected(name, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ViTEncoder(name, **kwargs)
 
 
 def test_patchify_roundtrip_and_layout():
