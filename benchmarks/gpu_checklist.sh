@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_checklist.sh tests   # every `gpu` test: xformers, nvJPEG, NaN check, recipes
 #   bash benchmarks/gpu_checklist.sh mae_b   # xformers test, compiled-step profile, MAE ViT-B MFU
 #   bash benchmarks/gpu_checklist.sh mae_l   # MAE ViT-L MFU and HF ratio; ViT-B whole-loss compile
+#   bash benchmarks/gpu_checklist.sh autotune  # MAE ViT-B/L with compile mode max-autotune-no-cudagraphs
 #   bash benchmarks/gpu_checklist.sh video   # VideoMAE-B MFU, decoder masking, HF ratio; methods
 #   bash benchmarks/gpu_checklist.sh data    # end to end: JPEG shards vs synthetic, 15 workers
 #   DRY_RUN=1 bash benchmarks/gpu_checklist.sh all   # print the commands only
@@ -49,6 +50,12 @@ mae_l() {
         --round-steps 5
 }
 
+autotune() {  # model.compile_mode: max-autotune-no-cudagraphs against the default mode
+    step mae_autotune pretrain_throughput --models B L --batch-size 512 256 --precisions bf16 \
+        --compile-only --no-hf --compile-mode max-autotune-no-cudagraphs --warmup 3 --steps 10 \
+        --round-steps 5
+}
+
 video() {
     step videomae_vit_b video_throughput --size B --batch-size 64 --decoder-mask 0.0 0.5 \
         --warmup 3 --steps 10
@@ -64,9 +71,10 @@ case "${1:-all}" in
     tests) tests ;;
     mae_b) mae_b ;;
     mae_l) mae_l ;;
+    autotune) autotune ;;
     video) video ;;
     data) data ;;
-    all) tests; mae_b; mae_l; video; data ;;
-    *) echo "usage: $0 tests|mae_b|mae_l|video|data|all" >&2; exit 2 ;;
+    all) tests; mae_b; mae_l; autotune; video; data ;;
+    *) echo "usage: $0 tests|mae_b|mae_l|autotune|video|data|all" >&2; exit 2 ;;
 esac
 ls -l "$RESULTS"

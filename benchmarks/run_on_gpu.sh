@@ -2,7 +2,7 @@
 # Runs the pretraining throughput benchmark on a bare CUDA machine that has torch,
 # timm, lightning and transformers but not mimkit: builds an importable `mimkit`
 # package from this checkout (pretrain/ -> mimkit.pretrain, data/ -> mimkit.data,
-# finetune/ -> mimkit.finetune), installs wheels from .whl/ if present, then runs
+# finetune/ -> mimkit.finetune, slurm/ -> mimkit.slurm), installs wheels from .whl/ if present, then runs
 # benchmarks/pretrain_throughput.py with the given arguments.
 #
 #   bash benchmarks/run_on_gpu.sh --models B --batch-size 256 --precisions bf16 --compile
@@ -25,6 +25,7 @@ cp -r mimkit/. "$PKG/mimkit/"
 cp -r pretrain "$PKG/mimkit/pretrain"
 cp -r data "$PKG/mimkit/data"
 cp -r finetune "$PKG/mimkit/finetune"
+cp -r slurm "$PKG/mimkit/slurm"
 export PYTHONPATH=$PKG:$PYTHONPATH PYTHONUNBUFFERED=1
 python3 -P -c "import torch, mimkit.pretrain; print('torch', torch.__version__, torch.cuda.get_device_name())"
 python3 -P -c "import xformers, xformers.ops; print('xformers', xformers.__version__)" || true

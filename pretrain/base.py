@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -18,6 +18,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from .attention import prepare_attention
 from .errors import ConfigError
 from .nonfinite import NonfiniteGuard, accepts_found_inf
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 __all__ = [
     "PretrainModule",
@@ -138,6 +140,9 @@ class PretrainModule(L.LightningModule):
         ema_momentum_end: end of that schedule.
         compile_modules: ``torch.compile`` the modules named by ``compile_targets()``
             (static shapes: the number of visible tokens is fixed per configuration).
+        compile_mode: ``torch.compile``'s ``mode`` for those modules, e.g.
+            ``max-autotune-no-cudagraphs`` to let Inductor tune its matmul and fused kernels
+            on the GPU (longer compile).
     """
 
     def __init__(
@@ -154,6 +159,7 @@ class PretrainModule(L.LightningModule):
         ema_momentum: float = 0.996,
         ema_momentum_end: float = 1.0,
         compile_modules: bool = False,
+        compile_mode: CompileMode = "default",
     ) -> None:
         super().__init__()
         self.optimizer_factory = optimizer
@@ -166,6 +172,11 @@ class PretrainModule(L.LightningModule):
         self.ema_momentum = ema_momentum
         self.ema_momentum_end = ema_momentum_end
         self.compile_modules = compile_modules
+        if compile_mode not in get_args(CompileMode):
+            raise ValueError(
+                f"compile_mode must be one of {', '.join(get_args(CompileMode))}, got {compile_mode!r}"
+            )
+        self.compile_mode = compile_mode
         if nonfinite_check not in ("auto", "host", "device"):
             raise ValueError(
                 f"nonfinite_check must be 'auto', 'host' or 'device', got {nonfinite_check!r}"
@@ -249,8 +260,8 @@ class PretrainModule(L.LightningModule):
         for name in self.compile_targets():
             module = getattr(self, name)
             prepare_attention(module, self.device, dtype)
-            module.compile(dynamic=False)
-        rank_zero_info(f"torch.compile: {', '.join(self.compile_targets())}")
+            module.compile(dynamic=False, mode=self.compile_mode)
+        rank_zero_info(f"torch.compile ({self.compile_mode}): {', '.join(self.compile_targets())}")
 
     # ----- batch size and learning rate -------------------------------------------
 

@@ -69,3 +69,45 @@ def test_end_to_end_benchmark_trains_on_every_source(tmp_path):
     assert all(row["samples_per_s"] > 0 and row["batch_size"] == 4 for row in rows)
     assert rows[0]["vs_synthetic"] == 1.0
     assert "| shards+device | 1 | 4 |" in done.stdout
+
+
+# Parses a command line with the script's own parser, then stops before any work.
+PARSE_ONLY = """
+import argparse, runpy, shlex, sys
+parse = argparse.ArgumentParser.parse_args
+def parse_and_stop(self, args=None, namespace=None):
+    parse(self, args, namespace)
+    raise SystemExit("parsed")
+argparse.ArgumentParser.parse_args = parse_and_stop
+for line in sys.stdin.read().splitlines():
+    script, *argv = shlex.split(line)
+    sys.argv = [script, *argv]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as done:
+        print(script, done.code)
+"""
+
+
+def test_gpu_checklist_commands_parse(tmp_path):
+    """Every benchmark command of benchmarks/gpu_checklist.sh is accepted by its script, so no
+    option typo waits to be found on a GPU machine."""
+    env = {"DRY_RUN": "1", "RESULTS": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    listing = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_checklist.sh"), "all"],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout  # fmt: skip
+    commands = []
+    for line in listing.splitlines():
+        if line.startswith("== ") and "BENCH=" in line:
+            bench, _, args = line.split("BENCH=", 1)[1].partition(" ")
+            # run_on_gpu.sh adds --device cuda; step() adds --json
+            commands.append(f"{bench}.py --device cuda {args} --json {tmp_path}/x.json")
+    assert len(commands) >= 6
+    done = subprocess.run(
+        [sys.executable, "-c", PARSE_ONLY], input="\n".join(commands), capture_output=True,
+        text=True, cwd=BENCHMARKS,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    parsed = [line.rsplit(" ", 1) for line in done.stdout.strip().splitlines()]
+    assert [code for _, code in parsed] == ["parsed"] * len(commands), done.stderr[-2000:]

@@ -70,3 +70,25 @@ def _recording(compute_loss, recorded):
         return out
 
     return wrapped
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
+    import pytest
+    from torch import nn
+
+    from mimkit.data import Synthetic
+
+    modes = {}
+
+    def record(module, *args, **kwargs):  # stands in for nn.Module.compile: no compiling
+        modes[type(module).__name__] = kwargs
+
+    monkeypatch.setattr(nn.Module, "compile", record)
+    model = tiny_mae()
+    model.compile_modules, model.compile_mode = True, "max-autotune-no-cudagraphs"
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(model, datamodule=Synthetic(img_size=32, batch_size=4, num_samples=4))
+    expected = {"mode": "max-autotune-no-cudagraphs", "dynamic": False}
+    assert modes == {"ViTEncoder": expected, "MAEDecoder": expected}
+    with pytest.raises(ValueError, match="compile_mode must be one of default, reduce-overhead"):
+        MAE(tiny_encoder(depth=1), compile_mode="max_autotune")
