@@ -136,6 +136,12 @@ class PretrainCLI(MimkitCLI):
             **kwargs,
         )
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate`` only: pretraining methods have no test or predict step."""
+        commands = LightningCLI.subcommands()
+        return {name: commands[name] for name in ("fit", "validate")}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_lightning_class_args(ReconstructionPreview, "preview")

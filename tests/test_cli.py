@@ -207,6 +207,17 @@ def test_help_documents_options(capsys):
     assert out.startswith("usage: mimkit pretrain --model.encoder")
 
 
+def test_pretrain_offers_only_the_subcommands_methods_implement(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--help"])
+    assert exit_info.value.code == 0
+    assert "{fit,validate}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # PretrainModule has no test_step
+        main(["pretrain", "test", "--config", "recipes/quickstart/mae_digits.yaml"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'test' (choose from 'fit', 'validate')" in capsys.readouterr().err
+
+
 def test_top_level_dispatch(capsys):
     assert main([]) == 0
     assert "pretrain" in capsys.readouterr().out
