@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Dataset, DistributedSampler
 
 _SEED_MASK = (1 << 63) - 1
@@ -87,16 +88,37 @@ class ResumableSampler(DistributedSampler):
         self.consumed += samples
 
     def state_dict(self, epoch_done: bool = False) -> dict[str, int]:
-        """``{"seed", "epoch", "position"}``; the next epoch at position 0 when ``epoch_done``."""
+        """``{"seed", "epoch", "position", "num_replicas"}``; the next epoch at position 0 when
+        ``epoch_done``. ``position`` counts this rank's samples of the epoch."""
+        state = {"seed": self.seed, "num_replicas": self.num_replicas}
         if epoch_done or self.consumed >= self.num_samples:
-            return {"seed": self.seed, "epoch": self.epoch + 1, "position": 0}
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.consumed}
+            return {**state, "epoch": self.epoch + 1, "position": 0}
+        return {**state, "epoch": self.epoch, "position": self.consumed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restart at ``state``: the next iterator begins at its epoch and position."""
+        """Restart at ``state``: the next iterator begins at its epoch and position.
+
+        A position saved with another number of ranks is converted so that the samples the
+        epoch has used in all keep their count: rank ``r`` of ``n`` reads the permutation's
+        items ``r, r + n, ...``, so after ``p`` samples per rank on ``m`` ranks the first
+        ``m * p`` items are used, and each of ``n`` ranks resumes at ``m * p // n``.
+        """
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
-        self._start = self.consumed = int(state["position"])
+        position = int(state["position"])
+        saved_ranks = int(state.get("num_replicas", self.num_replicas))
+        if saved_ranks != self.num_replicas and position:
+            used = saved_ranks * position
+            position = -(-used // self.num_replicas)
+            rank_zero_warn(
+                f"resuming mid-epoch on {self.num_replicas} rank(s) from a checkpoint saved on "
+                f"{saved_ranks}: the epoch's first {used} samples count as used, and each rank "
+                f"starts at its sample {position}; Lightning's batch count for the epoch is the "
+                "saved one, so with more ranks this epoch ends early. The effective batch, "
+                "hence the scaled learning rate, follows the new number of ranks unless "
+                "trainer.accumulate_grad_batches makes up for it"
+            )
+        self._start = self.consumed = position
 
 
 class SeededSamples(Dataset):

@@ -1,5 +1,6 @@
 """Exact resume: a run interrupted mid-epoch by a signal ends with an uninterrupted run's weights."""
 
+import itertools
 import os
 import random
 import shutil
@@ -92,6 +93,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
         "seed": saved_seed(saved),
         "epoch": 1,
         "position": 16,
+        "num_replicas": 1,
     }
     shutil.copytree(run, tmp_path / "control")
     resumed = fit(run, steps, ckpt_path="last")
@@ -136,6 +138,30 @@ def test_sampler_resumes_mid_epoch_and_splits_ranks():
     assert not set(parts[0]) & set(parts[1])
     expected = torch.randperm(23, generator=torch.Generator().manual_seed(3)).tolist()[:22]
     assert parts[0] == expected[0::2] and parts[1] == expected[1::2]
+
+
+@pytest.mark.parametrize("saved_ranks,ranks,stop", [(4, 2, 4), (2, 4, 4), (3, 2, 5), (2, 3, 5)])
+def test_sampler_resumed_on_other_ranks_repeats_nothing(saved_ranks, ranks, stop):
+    data = list(range(48))
+    saved = [
+        ResumableSampler(data, num_replicas=saved_ranks, rank=r, seed=5) for r in range(saved_ranks)
+    ]
+    used = set()
+    for sampler in saved:
+        sampler.set_epoch(1)
+        used |= {i for i, _ in itertools.islice(sampler, stop)}  # then stopped
+        sampler.advance(stop)
+    state = saved[0].state_dict()
+    assert state["num_replicas"] == saved_ranks and state["position"] == stop
+    with pytest.warns(UserWarning, match=f"from a checkpoint saved on {saved_ranks}"):
+        resumed = [ResumableSampler(data, num_replicas=ranks, rank=r, seed=0) for r in range(ranks)]
+        for sampler in resumed:
+            sampler.load_state_dict(state)
+    rest = [i for sampler in resumed for i, _ in sampler]
+    assert len(rest) == len(set(rest))
+    assert not used & set(rest)  # nothing used before the stop is read again
+    unread = set(data) - used - set(rest)  # left out of this epoch: less than one per rank
+    assert len(unread) == (-len(used)) % ranks
 
 
 def test_seeded_samples_do_not_touch_the_global_rng(monkeypatch):
