@@ -25,6 +25,8 @@ def export_encoder(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]
     takes them with ``strict=True``. The JSON holds ``timm_name``, ``timm_kwargs``, the
     normalization ``mean`` / ``std`` of the pretraining data, and mimkit's encoder config.
     The same JSON is also stored in the safetensors header under ``"mimkit"``.
+    A video encoder (tubelet embedding) has no timm counterpart: its JSON says
+    ``"timm_loadable": false``, and :func:`~mimkit.finetune.load_encoder` rebuilds it.
 
     Args:
         checkpoint: any checkpoint :func:`~mimkit.finetune.read_checkpoint` accepts that
@@ -50,6 +52,7 @@ def export_encoder(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]
         "std": raw.meta.get("std"),
         "num_prefix_tokens": encoder.num_prefix_tokens,
         "embed_dim": encoder.embed_dim,
+        "timm_loadable": not encoder.is_video,
         "method": raw.meta.get("method"),
         "encoder": config,
         "source": str(raw.path),

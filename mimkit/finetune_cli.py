@@ -194,4 +194,9 @@ def run_export(args: Sequence[str]) -> int:
         print(f"mimkit export: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {tensors} and {sidecar}")
+    if not json.loads(sidecar.read_text())["timm_loadable"]:
+        print(
+            "note: a video encoder (tubelet embedding, space-time positions) has no timm "
+            "counterpart; load it with mimkit.finetune.load_encoder or --model.init_from"
+        )
     return 0

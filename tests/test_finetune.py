@@ -94,7 +94,7 @@ def test_export_loads_strictly_into_timm_with_same_features(mae_ckpt, tmp_path):
     assert out.stat().st_mode & 0o777 == out.with_suffix(".json").stat().st_mode & 0o777
     assert meta["timm_name"] == "vit_tiny_patch16_224"
     assert meta["timm_kwargs"] == {"img_size": 32, "in_chans": 3, "patch_size": 8, "depth": 2}
-    assert len(meta["mean"]) == len(meta["std"]) == 3
+    assert len(meta["mean"]) == len(meta["std"]) == 3 and meta["timm_loadable"] is True
     model = timm.create_model(meta["timm_name"], num_classes=0, **meta["timm_kwargs"]).eval()
     model.load_state_dict(load_file(str(out)), strict=True)
     encoder, _ = load_encoder(mae_ckpt)

@@ -317,6 +317,21 @@ def test_knn_and_cached_probe_on_video_features(videomae_ckpt, tmp_path, capsys)
     assert "class token" in capsys.readouterr().err
 
 
+def test_video_export_reloads_through_mimkit_and_says_timm_cannot(videomae_ckpt, tmp_path, capsys):
+    out = tmp_path / "video_encoder.safetensors"
+    assert main(["export", str(videomae_ckpt), str(out)]) == 0
+    assert "has no timm counterpart" in capsys.readouterr().out
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["timm_loadable"] is False
+    assert (meta["encoder"]["num_frames"], meta["encoder"]["tubelet_size"]) == (8, 2)
+    exported, report = load_encoder(out)
+    original, _ = load_encoder(videomae_ckpt)
+    assert report.format == "safetensors" and exported.is_video
+    clip = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.eval()(clip), original.eval()(clip))
+
+
 def test_quickstart_report_on_a_video_checkpoint(videomae_ckpt, capsys):
     from mimkit.finetune.quickstart_report import main as report_main
     from mimkit.finetune.quickstart_report import report
