@@ -36,7 +36,8 @@ from mimkit.data.shard_writer import scan_source, write_shards
 from mimkit.data.shards import ShardStream, VideoDecoder, expand_urls
 from mimkit.data.tar_reader import read_shard
 from mimkit.data.transforms import mae_train_transform
-from mimkit.data.video import VideoClipDataset, VideoClipTransform
+from mimkit.data.video import VideoClipDataset
+from mimkit.data.video_transform import VideoClipTransform
 
 
 def measure(dataset, workers: int, batch_size: int, batches: int) -> float:

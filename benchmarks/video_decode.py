@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from results_file import write_results
 
-from mimkit.data.video import VideoClipDataset, VideoClipTransform
+from mimkit.data.video import VideoClipDataset
+from mimkit.data.video_transform import VideoClipTransform
 
 
 def write_video(path: Path, length: int, width: int, height: int, codec: str, seed: int) -> None:

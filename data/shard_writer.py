@@ -56,7 +56,7 @@ def scan_source(source: str | Path, kind: Kind) -> list[tuple[str, int | None]]:
     """``(path, label)`` samples of an image or video source (folders or list files)."""
     if kind == "image":
         return scan_images(source)
-    from .video import scan_videos
+    from .video_sources import scan_videos
 
     return scan_videos(source)
 

@@ -66,7 +66,7 @@ class VideoDecoder:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        from .video import VideoClipTransform
+        from .video_transform import VideoClipTransform
 
         self.transform = VideoClipTransform(img_size, train, mean, std)
         self.num_frames = num_frames

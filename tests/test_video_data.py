@@ -8,16 +8,10 @@ import torch
 
 from mimkit.data.collate import NUM_SKIPPED, SKIPPED_PATHS
 from mimkit.data.moving_digits import DIRECTIONS, MovingDigits
-from mimkit.data.video import (
-    VideoClipDataset,
-    VideoClipTransform,
-    VideoFolder,
-    clip_indices,
-    collate_repeated,
-    decode_frames,
-    multi_scale_crop_box,
-    scan_videos,
-)
+from mimkit.data.video import VideoClipDataset, VideoFolder, collate_repeated
+from mimkit.data.video_decode import clip_indices, decode_frames
+from mimkit.data.video_sources import scan_videos
+from mimkit.data.video_transform import VideoClipTransform, multi_scale_crop_box
 
 av = pytest.importorskip("av")
 np = pytest.importorskip("numpy")

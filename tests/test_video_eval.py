@@ -17,7 +17,9 @@ from tiny import FAST_TRAINER
 from torchvision.transforms.v2 import functional as TF
 
 from mimkit.cli import main
-from mimkit.data.video import VideoClipTransform, VideoFolder, clip_indices, eval_clip_positions
+from mimkit.data.video import VideoFolder
+from mimkit.data.video_decode import clip_indices, eval_clip_positions
+from mimkit.data.video_transform import VideoClipTransform
 from mimkit.finetune import CheckpointError, ConfigError, FineTune, LinearProbe, load_encoder
 from mimkit.pretrain import ViTEncoder
 from mimkit.pretrain.video_weights import resample_tubelet, resample_video_pos_embed
