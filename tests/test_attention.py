@@ -27,6 +27,37 @@ def test_sdpa_matches_math_outputs_and_gradients(kwargs):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
 
 
+def _bmhk_attention(q, k, v, p=0.0):
+    """What ``xformers.ops.memory_efficient_attention`` computes, in its ``(B, M, H, K)``
+    layout with its default scale ``1 / sqrt(K)``; written out here for the CPU."""
+    assert p == 0.0 and q.dim() == 4
+    scores = torch.einsum("bmhk,bnhk->bhmn", q, k) / q.shape[-1] ** 0.5
+    return torch.einsum("bhmn,bnhk->bmhk", scores.softmax(dim=-1), v)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"qk_norm": True, "norm_layer": torch.nn.LayerNorm}])
+def test_xformers_layout_matches_sdpa(kwargs, monkeypatch):
+    """The xformers path hands the kernel (B, N, H, D) tensors straight from qkv; checked on
+    the CPU with the kernel's documented semantics standing in for it."""
+    from types import SimpleNamespace
+
+    from mimkit.pretrain import attention
+
+    fake_ops = SimpleNamespace(memory_efficient_attention=_bmhk_attention)
+    monkeypatch.setattr(attention, "_import_xformers_ops", lambda: fake_ops)
+    xformers, sdpa = _pair("xformers", "sdpa", **kwargs)
+    xformers._resolved = "xformers"  # _resolve() admits xformers on CUDA tensors only
+    x = torch.randn(3, 17, 64, requires_grad=True)
+    outputs, grads = [], []
+    for module in (xformers, sdpa):
+        out = module(x)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), [x, *module.parameters()]))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for g1, g2 in zip(*grads, strict=True):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+
+
 def test_backend_attention_equals_timm_attention():
     torch.manual_seed(0)
     source = TimmAttention(64, num_heads=4, qkv_bias=True).eval()
