@@ -8,12 +8,16 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
 __all__ = ["ReconstructionPreview", "denormalize", "video_frame_strip", "video_gif_frames"]
+
+#: Strategies whose forward pass is collective (sharded parameters).
+SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,6 +86,10 @@ class ReconstructionPreview(L.Callback):
     ``<default_root_dir>/previews/step_XXXXXXX.png`` and, with a TensorBoard logger,
     to the ``previews/reconstruction`` image tag.
 
+    Pictures are drawn by rank 0 alone, calling the model outside the training step. A
+    strategy that shards the parameters (FSDP, DeepSpeed, model parallel) needs every rank
+    in each forward pass, so under one the callback warns once and draws nothing.
+
     Args:
         every_n_steps: optimizer steps between pictures (0 disables).
         num_images: rows in the grid.
@@ -93,10 +101,25 @@ class ReconstructionPreview(L.Callback):
         self.num_images = num_images
         self.seed = seed
         self._pixels: Tensor | None = None
+        self._warned = False
         self.saved: list[str] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def _enabled(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         if self.every_n_steps <= 0 or not hasattr(pl_module, "reconstruct"):
+            return False
+        if isinstance(trainer.strategy, SHARDED_STRATEGIES):
+            if not self._warned:
+                rank_zero_warn(
+                    f"ReconstructionPreview draws no pictures under {type(trainer.strategy).__name__}: "
+                    "the parameters are sharded, so a forward pass needs every rank; set "
+                    "preview.every_n_steps 0 to silence this"
+                )
+                self._warned = True
+            return False
+        return True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._enabled(trainer, pl_module):
             return
         if self._pixels is None and isinstance(batch, dict) and "pixels" in batch:
             self._pixels = batch["pixels"][: self.num_images].detach().clone()
@@ -106,11 +129,7 @@ class ReconstructionPreview(L.Callback):
         self.save(trainer, pl_module, step)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if (
-            self.every_n_steps > 0
-            and self._pixels is not None
-            and hasattr(pl_module, "reconstruct")
-        ):
+        if self._pixels is not None and self._enabled(trainer, pl_module):
             self.save(trainer, pl_module, trainer.global_step)
 
     @rank_zero_only
