@@ -101,7 +101,8 @@ class ResumableSampler(DistributedSampler):
         A position saved with another number of ranks is converted so that the samples the
         epoch has used in all keep their count: rank ``r`` of ``n`` reads the permutation's
         items ``r, r + n, ...``, so after ``p`` samples per rank on ``m`` ranks the first
-        ``m * p`` items are used, and each of ``n`` ranks resumes at ``m * p // n``.
+        ``m * p`` items are used, and each of ``n`` ranks resumes at ``ceil(m * p / n)``: no
+        sample is read twice, and fewer than ``n`` are left out of the epoch.
         """
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
