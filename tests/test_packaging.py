@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
 ROOT = Path(__file__).resolve().parents[1]
-# Source folder of each installed package (pyproject.toml's package-dir).
-PACKAGE_DIRS = {
-    "mimkit": "mimkit",
-    "mimkit/data": "data",
-    "mimkit/pretrain": "pretrain",
-    "mimkit/finetune": "finetune",
-    "mimkit/slurm": "slurm",
-}
+# Source folder of each installed package, as pyproject.toml's package-dir maps them.
+PACKAGE_DIRS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+    "package-dir"
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +39,11 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_holds_every_module_and_the_sbatch_template(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"mimkit", "mimkit.data", "mimkit.slurm"} <= PACKAGE_DIRS.keys()
     for package, folder in PACKAGE_DIRS.items():
         sources = {p.name for p in (ROOT / folder).iterdir() if p.suffix in {".py", ".sbatch"}}
-        shipped = {n.rsplit("/", 1)[1] for n in names if n.rsplit("/", 1)[0] == package}
+        in_wheel = package.replace(".", "/")
+        shipped = {n.rsplit("/", 1)[1] for n in names if n.rsplit("/", 1)[0] == in_wheel}
         assert shipped == sources, package
     assert "mimkit/slurm/pretrain.sbatch" in names
 
