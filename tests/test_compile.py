@@ -1,8 +1,10 @@
 """The hot path compiles into one graph per module: no graph breaks."""
 
+import pytest
 import torch
 import torch._dynamo
 from tiny import quiet_trainer, tiny_encoder
+from torch import nn
 
 from mimkit.pretrain import MAE, RandomMasking
 from mimkit.pretrain.attention import prepare_attention
@@ -73,9 +75,6 @@ def _recording(compute_loss, recorded):
 
 
 def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
-    import pytest
-    from torch import nn
-
     from mimkit.data import Synthetic
 
     modes = {}

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 from timm.models.vision_transformer import Block
-from tiny import tiny_encoder
+from tiny import HF_TINY_MAE_SIZES, tiny_encoder
 
 from mimkit.pretrain import MAE, RandomMasking
 from mimkit.pretrain.masking import random_mask
@@ -111,23 +111,7 @@ def test_matches_transformers_vitmae_with_copied_weights():
     transformers = pytest.importorskip("transformers")
     model = tiny_mae().eval()
     config = transformers.ViTMAEConfig(
-        hidden_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=3,
-        intermediate_size=768,
-        decoder_hidden_size=32,
-        decoder_num_hidden_layers=2,
-        decoder_num_attention_heads=4,
-        decoder_intermediate_size=128,
-        image_size=32,
-        patch_size=8,
-        mask_ratio=0.75,
-        norm_pix_loss=True,
-        layer_norm_eps=1e-6,
-        qkv_bias=True,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        image_size=32, patch_size=8, mask_ratio=0.75, **HF_TINY_MAE_SIZES
     )
     hf = transformers.ViTMAEForPreTraining(config).eval()
     state = hf_state_from_mimkit(model, hf.state_dict())

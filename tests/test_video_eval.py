@@ -13,7 +13,7 @@ import yaml
 from test_video_data import frame_index, write_video
 from test_video_model import hf_videomae_layers
 from test_video_weights import TINY, official_videomae_layout
-from tiny import FAST_TRAINER
+from tiny import FAST_TRAINER, HF_TINY_MAE_SIZES
 from torchvision.transforms.v2 import functional as TF
 
 from mimkit.cli import main
@@ -138,11 +138,9 @@ def test_video_finetune_model_matches_transformers_videomae_classifier():
         for param in [*model.fc_norm.parameters(), *model.head.parameters()]:
             param.normal_(std=0.2)
     model.eval()
-    config = transformers.VideoMAEConfig(
-        image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=192,
-        num_hidden_layers=2, num_attention_heads=3, intermediate_size=768, num_labels=5,
-        qkv_bias=True, use_mean_pooling=True, layer_norm_eps=1e-6, hidden_act="gelu",
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    config = transformers.VideoMAEConfig(  # the decoder sizes go unused by the classifier
+        image_size=32, patch_size=8, num_frames=4, tubelet_size=2, num_labels=5,
+        use_mean_pooling=True, **HF_TINY_MAE_SIZES,
     )  # fmt: skip
     hf = transformers.VideoMAEForVideoClassification(config).eval()
     ours = model.state_dict()

@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 from timm.models.vision_transformer import Block
+from tiny import HF_TINY_MAE_SIZES
 
 from mimkit.pretrain.encoder import ViTEncoder
 from mimkit.pretrain.masking import (
@@ -338,21 +339,8 @@ def test_videomae_matches_transformers_with_copied_weights():
         patch_size=P,
         num_frames=T,
         tubelet_size=TUBE,
-        hidden_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=3,
-        intermediate_size=768,
-        decoder_hidden_size=32,
-        decoder_num_hidden_layers=2,
-        decoder_num_attention_heads=4,
-        decoder_intermediate_size=128,
-        qkv_bias=True,
-        norm_pix_loss=True,
         use_mean_pooling=False,  # the pretraining encoder ends with its norm
-        layer_norm_eps=1e-6,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        **HF_TINY_MAE_SIZES,
     )
     hf = transformers.VideoMAEForPreTraining(config).eval()
     state = hf_videomae_state(model, hf.state_dict())

@@ -52,6 +52,27 @@ def quiet_trainer(root: Any, **kwargs: Any) -> L.Trainer:
     return L.Trainer(**defaults)
 
 
+#: The tiny MAE / VideoMAE of the reference tests (a depth-2 ViT-Tiny encoder, decoder 32 wide,
+#: 2 blocks, 4 heads), as keyword arguments shared by transformers' ViTMAEConfig and
+#: VideoMAEConfig.
+HF_TINY_MAE_SIZES: dict[str, Any] = dict(
+    hidden_size=192,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=768,
+    decoder_hidden_size=32,
+    decoder_num_hidden_layers=2,
+    decoder_num_attention_heads=4,
+    decoder_intermediate_size=128,
+    qkv_bias=True,
+    norm_pix_loss=True,
+    layer_norm_eps=1e-6,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+
 def tiny_encoder(depth: int = 1, patch_size: int = 8, **kwargs: Any) -> ViTEncoder:
     """A ViT-Tiny-wide encoder on 32x32 images with ``depth`` blocks."""
     kwargs.setdefault("img_size", 32)
