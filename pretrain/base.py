@@ -188,6 +188,7 @@ class PretrainModule(L.LightningModule):
         self.nonfinite_streak = 0
         self.skipped_steps = 0
         self.nonfinite_guard: NonfiniteGuard | None = None
+        self._last_step_seen = 0
         self.decayed_names: set[str] | None = None
 
     # ----- extension points -----------------------------------------------------
@@ -340,6 +341,7 @@ class PretrainModule(L.LightningModule):
     # ----- steps ------------------------------------------------------------------
 
     def on_train_start(self) -> None:
+        self._last_step_seen = self.trainer.global_step
         self.nonfinite_guard = None
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -424,8 +426,12 @@ class PretrainModule(L.LightningModule):
             )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if (batch_idx + 1) % self.trainer.accumulate_grad_batches:
+        # Once per optimizer step, including the shorter accumulation window Lightning
+        # closes at the end of an epoch: the step counter tells, not the batch index.
+        step = self.trainer.global_step
+        if step == self._last_step_seen:
             return
+        self._last_step_seen = step
         if self.nonfinite_guard is not None and self.global_step % self.nonfinite_check_every == 0:
             self._read_nonfinite_guard()
         pairs = self.momentum_pairs()

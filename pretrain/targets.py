@@ -131,7 +131,10 @@ class TokenizerTarget(ReconstructionTarget):
             pixels = F.interpolate(
                 pixels.float(), size=(self.input_size, self.input_size), mode="bilinear"
             )
-        codes = self.tokenizer(pixels.float())
+        # The codes are the target: computed in float32, outside any mixed-precision
+        # autocast (a bf16 tokenizer flips arg-max codes), as CAE's own code does.
+        with torch.autocast(pixels.device.type, enabled=False):
+            codes = self.tokenizer(pixels.float())
         if codes.is_floating_point():
             codes = codes.argmax(dim=1)
         codes = codes.flatten(1).long()

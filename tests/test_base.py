@@ -5,6 +5,7 @@ import torch
 from tiny import quiet_trainer
 from torch import nn
 
+import mimkit.pretrain.base as base
 from mimkit.data import Synthetic
 from mimkit.pretrain import MAE, RandomMasking, ViTEncoder
 from mimkit.pretrain.base import (
@@ -203,3 +204,15 @@ def test_momentum_pairs_follow_schedule_once_per_optimizer_step(tmp_path):
     torch.testing.assert_close(model.target.weight, expected)
     assert not model.target.weight.requires_grad
     assert math.isclose(momentum_at(1, 2, 0.5), 0.75)
+
+
+def test_ema_follows_the_short_accumulation_window_at_epoch_end(tmp_path, monkeypatch):
+    momenta = []
+    monkeypatch.setattr(base, "ema_update", lambda o, t, m: momenta.append(m))
+    model = EmaPair(ema_momentum=0.5, scale_lr=False)
+    # 5 batches of 4 per epoch, accumulating 2: steps after batches 2, 4 and 5
+    trainer = quiet_trainer(tmp_path, max_epochs=2, accumulate_grad_batches=2)
+    trainer.fit(model, datamodule=tiny_data(batch_size=4, num_samples=20))
+    assert trainer.global_step == 6
+    assert len(momenta) == 6
+    assert momenta == [momentum_at(step, 6, 0.5) for step in range(6)]

@@ -206,6 +206,30 @@ class TinyTokenizer(nn.Module):
         return self.conv(pixels).argmax(dim=1)  # (B, 4, 4) long
 
 
+class NearTieTokenizer(nn.Module):
+    """Two codes whose scores differ by 2**-12 relative: equal once weights are bf16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, kernel_size=P, stride=P, bias=False)
+        with torch.no_grad():
+            self.conv.weight[0].fill_(0.5)
+            self.conv.weight[1].fill_(0.5 * (1 + 2**-12))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.conv(pixels)  # (B, 2, 4, 4) scores; code 1 wins in float32
+
+
+def test_tokenizer_codes_are_float32_under_bf16_autocast(tmp_path):
+    path = tmp_path / "tokenizer.pt"
+    torch.jit.script(NearTieTokenizer()).save(str(path))
+    target = TokenizerTarget(path, vocab_size=2)
+    pixels = torch.rand(2, 3, 32, 32) + 0.5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = target(pixels, P)
+    assert torch.equal(codes, torch.ones(2, 16, dtype=torch.long))
+
+
 def test_tokenizer_target_loads_torchscript_and_gives_cross_entropy(tmp_path):
     torch.manual_seed(0)
     tokenizer = TinyTokenizer()
