@@ -15,11 +15,13 @@ into an encoder built with timm's ``fc_norm=True`` layout (no final token norm, 
 after pooling): the layout a ``FineTune(pool="avg")`` checkpoint's metadata describes.
 
 Nothing is ever unpickled beyond tensors and plain containers:
-``torch.load(..., weights_only=True)`` or safetensors.
+``torch.load(..., weights_only=True)`` (which also rebuilds the ``argparse.Namespace`` of
+options that the official MAE / VideoMAE scripts save) or safetensors.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import pickle
@@ -34,6 +36,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
 from mimkit.pretrain import ViTEncoder
+from mimkit.pretrain.pos_embed import sincos_video
 from mimkit.pretrain.video_weights import adapt_state_dict
 
 __all__ = [
@@ -133,7 +136,10 @@ def _is_tensor_dict(value: Any) -> bool:
 
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # The official MAE / VideoMAE training scripts save their argparse options next to
+        # the weights ("args"): a Namespace of plain values, safe to rebuild.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -322,6 +328,17 @@ def _resample_pos_embed(value: Tensor, encoder: ViTEncoder) -> Tensor:
     ).to(value.dtype)
 
 
+def _is_sincos_table(pos: Tensor, grid: tuple[int, ...], encoder: ViTEncoder) -> bool:
+    """Whether ``pos`` is the fixed space-time sin-cos table of ``encoder``'s layout at
+    ``grid``: a table that was never trained, which a new grid rebuilds instead of
+    interpolating (VideoMAE's flat layout is no smooth function of ``(t, h, w)``)."""
+    if len(grid) != 3 or pos.shape[-1] != encoder.embed_dim:
+        return False
+    table = sincos_video(grid, encoder.embed_dim, encoder.video_pos_embed)
+    patches = pos[0, pos.shape[1] - table.shape[0] :].float()
+    return patches.shape == table.shape and torch.allclose(patches, table, atol=1e-4)
+
+
 def _source_grid(raw: RawCheckpoint, encoder: ViTEncoder) -> tuple[int, ...] | None:
     """The token grid ``(H, W)`` or ``(T, H, W)`` of the checkpoint's ``pos_embed``.
 
@@ -385,6 +402,8 @@ def _to_video(
             if not fixed_table:
                 raise
         state["pos_embed"] = pos
+        if grid is not None and fixed_table and _is_sincos_table(pos, grid, encoder):
+            grid = None  # the source's own fixed table: rebuilt for the new grid, as VideoMAE
     adapted = adapt_state_dict(state, encoder, grid)
     changed = [PATCH_KEY] if weight is not None and adapted[PATCH_KEY].shape != weight.shape else []
     fixed: list[str] = []
@@ -509,8 +528,8 @@ def build_encoder(meta: Mapping[str, Any], path: Path | str = "", **overrides: A
     if not isinstance(config, Mapping):
         raise CheckpointError(
             f"checkpoint {path} does not describe its encoder (no mimkit metadata); "
-            "give the encoder explicitly (e.g. --model.encoder with class_path "
-            "mimkit.pretrain.ViTEncoder and the timm name)"
+            "give the encoder explicitly: class_path mimkit.pretrain.ViTEncoder and the timm "
+            "name, as --model.encoder for fit/validate/test, --encoder for mimkit knn"
         )
     kwargs = dict(config)
     kwargs.update({k: v for k, v in overrides.items() if v is not None})

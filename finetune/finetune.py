@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,18 +18,41 @@ from torch.optim import AdamW, Optimizer
 
 from .base import ClassifierModule
 from .checkpoint import pooled_norm_config
-from .features import Pool, pool_tokens
+from .features import ConfigError, Pool, pool_tokens
 
 __all__ = ["FineTune", "default_finetune_adamw"]
 
 
+MAE_FINETUNE_DROP_PATH = 0.1
+
+
 def default_finetune_adamw(params: Iterable[Any]) -> Optimizer:
-    """AdamW with MAE's default fine-tuning settings (base lr 1e-3 per 256, wd 0.05).
+    """AdamW with MAE's default fine-tuning settings (base lr 1e-3 per 256).
 
     The paper's Table 9 and the defaults of facebookresearch/mae ``main_finetune.py``
-    (``--blr 1e-3``); its FINETUNE.md uses 5e-4 for ViT-B (the ViT-B recipe does).
+    (``--blr 1e-3``); its FINETUNE.md uses 5e-4 for ViT-B (the ViT-B recipe does). The
+    weight decay (0.05) is :class:`FineTune`'s ``weight_decay``, set per layer group.
     """
-    return AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05)
+    return AdamW(params, lr=1e-3, betas=(0.9, 0.999))
+
+
+def check_optimizer_weight_decay(optimizer: Optimizer, weight_decay: float) -> None:
+    """Refuses an optimizer whose own ``weight_decay`` was set to a value the layer groups
+    override (``--model.optimizer.init_args.weight_decay``, MAE's ``--weight_decay``).
+
+    Its class default (AdamW: 0.01) counts as unset.
+    """
+    own = optimizer.defaults.get("weight_decay")
+    if own is None or own == weight_decay:
+        return
+    parameter = inspect.signature(type(optimizer)).parameters.get("weight_decay")
+    if parameter is not None and parameter.default == own:
+        return
+    raise ConfigError(
+        f"the optimizer's weight_decay={own} is not used: fine-tuning sets the weight decay "
+        f"per layer group from model.weight_decay ({weight_decay}); set "
+        f"--model.weight_decay {own} instead"
+    )
 
 
 class FineTune(ClassifierModule):
@@ -49,8 +73,9 @@ class FineTune(ClassifierModule):
     lr, layer decay and weight decay are also the defaults of facebookresearch/mae
     ``main_finetune.py``, whose FINETUNE.md tunes ViT-B to base lr 5e-4 and layer decay
     0.65 (``recipes/finetune/vit_base_patch16_in1k.yaml``). Drop path (0.1 in both) is the
-    encoder's: ``drop_path_rate`` for one rebuilt from a checkpoint, its ``init_args``
-    otherwise.
+    encoder's: ``drop_path_rate`` for one rebuilt from a checkpoint (0.1 unless set), its
+    ``init_args`` otherwise. The optimizer's own ``weight_decay`` is not used: the layer
+    groups carry ``weight_decay``, and an optimizer set to another value is refused.
 
     Layer-wise lr decay uses timm's ``param_groups_layer_decay`` with the grouping of timm's
     ViT (embeddings = layer 0, block ``i`` = layer ``i + 1``, final norm and head last), and
@@ -73,6 +98,9 @@ class FineTune(ClassifierModule):
             also report its validation accuracy (``None``: no EMA).
         warmup_epochs: 5 in MAE's recipe.
         pool: ``avg`` (MAE's fine-tuning default) or ``cls``.
+        drop_path_rate: stochastic depth of an encoder rebuilt from ``init_from``;
+            ``None`` gives MAE's 0.1 (``main_finetune.py``'s default). An explicit
+            ``model.encoder`` sets its own in ``init_args``.
         **kwargs: encoder, checkpoint, class and schedule settings of
             :class:`~mimkit.finetune.ClassifierModule`.
     """
@@ -92,6 +120,7 @@ class FineTune(ClassifierModule):
         ema_decay: float | None = None,
         warmup_epochs: float = 5.0,
         pool: Pool = "avg",
+        drop_path_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
         # plain settings first: the base builds the head (and Mixup) when num_classes is known
@@ -105,7 +134,15 @@ class FineTune(ClassifierModule):
         self.label_smoothing = label_smoothing
         self.ema_decay = ema_decay
         self.mixup: Mixup | None = None
-        super().__init__(optimizer=optimizer, warmup_epochs=warmup_epochs, pool=pool, **kwargs)
+        if drop_path_rate is None and kwargs.get("encoder") is None:
+            drop_path_rate = MAE_FINETUNE_DROP_PATH
+        super().__init__(
+            optimizer=optimizer,
+            warmup_epochs=warmup_epochs,
+            pool=pool,
+            drop_path_rate=drop_path_rate,
+            **kwargs,
+        )
         if train_pos_embed and self.encoder.pos_embed is not None:
             self.encoder.pos_embed.requires_grad_(True)
         self.fc_norm = self._take_pooled_norm(pool)
@@ -183,6 +220,11 @@ class FineTune(ClassifierModule):
             "stem": r"^encoder\.(?:cls_token|reg_token|pos_embed|patch_embed|norm_pre)",
             "blocks": [(r"^encoder\.blocks\.(\d+)", None)],
         }
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        config = super().configure_optimizers()
+        check_optimizer_weight_decay(config["optimizer"], self.weight_decay)
+        return config
 
     def param_groups(self) -> list[dict[str, Any]]:
         no_decay = [f"encoder.{name}" for name in ("pos_embed", "cls_token", "reg_token")]

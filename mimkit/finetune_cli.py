@@ -134,9 +134,15 @@ def run_knn(args: Sequence[str]) -> int:
     import torch
 
     from mimkit.finetune import compute_features, knn_evaluate, load_encoder
+    from mimkit.finetune.knn import check_vote_settings
+    from mimkit.pretrain.errors import ConfigError
 
     parser = knn_parser()
     cfg = parser.parse_args(list(args))
+    try:  # before any feature is computed
+        check_vote_settings(cfg.k, cfg.temperature)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
     init = parser.instantiate_classes(cfg)
     datamodule = init.data

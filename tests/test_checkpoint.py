@@ -1,5 +1,6 @@
 """The checkpoint loader: every layout, exact key reports, resampling, safety, clear errors."""
 
+import argparse
 import pickle
 
 import pytest
@@ -41,7 +42,9 @@ def test_official_mae_layout(tmp_path):
         "decoder_pred.weight": torch.randn(192, 32),
     }
     path = tmp_path / "mae_pretrain_vit_tiny.pth"
-    torch.save({"model": {**state, **decoder}, "epoch": 799}, path)
+    # as main_pretrain.py's misc.save_model writes it: the options ride along as a Namespace
+    options = argparse.Namespace(model="mae_vit_tiny", mask_ratio=0.75, input_size=32)
+    torch.save({"model": {**state, **decoder}, "epoch": 799, "args": options}, path)
     target = tiny(seed=2)
     report = load_encoder_state(target, path)
     assert report.format == "mae-pth"

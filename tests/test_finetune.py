@@ -19,6 +19,7 @@ from tiny import FAST_TRAINER, tiny_encoder
 from mimkit.cli import main
 from mimkit.data import Digits, Synthetic
 from mimkit.finetune import (
+    ConfigError,
     FineTune,
     LinearProbe,
     cached_probe,
@@ -335,3 +336,39 @@ def test_layer_wise_lr_decay_follows_maes_rules(mae_ckpt):
             seen.add(name)
     assert seen == set(names.values())
     assert any(n.startswith("head.") for n in seen) and "encoder.pos_embed" in seen
+
+
+def drop_path_rates(encoder) -> list[float]:
+    return [float(getattr(block.drop_path1, "drop_prob", 0.0)) for block in encoder.blocks]
+
+
+def test_finetune_from_a_checkpoint_defaults_to_maes_drop_path(mae_ckpt):
+    blocks = len(FineTune(init_from=str(mae_ckpt), num_classes=10).encoder.blocks)
+    model = FineTune(init_from=str(mae_ckpt), num_classes=10)
+    # main_finetune.py's 0.1, rising linearly over the blocks as in timm and MAE
+    assert drop_path_rates(model.encoder) == pytest.approx(torch.linspace(0, 0.1, blocks).tolist())
+    model = FineTune(init_from=str(mae_ckpt), num_classes=10, drop_path_rate=0.0)
+    assert drop_path_rates(model.encoder) == [0.0] * blocks
+    probe = LinearProbe(init_from=str(mae_ckpt), num_classes=10)  # frozen: no stochastic depth
+    assert drop_path_rates(probe.encoder) == [0.0] * blocks
+
+
+@pytest.mark.parametrize(
+    "optimizer, refused",
+    [
+        (lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.3), True),
+        (lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.05), False),  # the same value
+        (lambda p: torch.optim.AdamW(p, lr=1e-3), False),  # AdamW's own default: unset
+    ],
+)
+def test_an_optimizer_weight_decay_the_groups_override_is_refused(mae_ckpt, optimizer, refused):
+    model = FineTune(init_from=str(mae_ckpt), num_classes=10, optimizer=optimizer, scale_lr=False)
+    model.trainer = L.Trainer(logger=False, max_epochs=1, max_steps=10, enable_checkpointing=False)
+    if refused:
+        with pytest.raises(
+            ConfigError, match=r"weight_decay=0.3 is not used.*--model.weight_decay"
+        ):
+            model.configure_optimizers()
+    else:
+        groups = model.configure_optimizers()["optimizer"].param_groups
+        assert {g["weight_decay"] for g in groups} == {0.0, 0.05}

@@ -93,3 +93,38 @@ def test_knn_command_options_parse_as_documented():
     assert parser.parse_args([*base, "--pool", "avg"]).pool == "avg"
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--pool", "max"])
+
+
+def test_top5_with_fewer_than_5_neighbours_counts_only_voted_classes():
+    """DINO's eval_knn: top-5 looks at min(5, k) classes, the ones neighbours voted for."""
+    gen = torch.Generator().manual_seed(4)
+    train = torch.randn(200, 8, generator=gen)
+    train_labels = torch.randint(0, 10, (200,), generator=gen)
+    test = torch.randn(100, 8, generator=gen)
+    test_labels = torch.randint(0, 10, (100,), generator=gen)
+    got = knn_accuracy(train, train_labels, test, test_labels, 10, k=2)
+    scores = brute_force_scores(train, train_labels, test, 10, 2, 0.07)
+    voted = scores.topk(2, dim=1).indices
+    expected = 100.0 * (voted == test_labels[:, None]).any(dim=1).float().mean().item()
+    assert got["top5"] == pytest.approx(expected)
+    assert got["top5"] < topk_accuracy(scores, test_labels)["top5"]  # 5 slots would add zeros
+
+
+@pytest.mark.parametrize("k, temperature", [(0, 0.07), (-1, 0.07), (20, 0.0), (20, -0.1)])
+def test_knn_refuses_no_neighbours_or_a_nonpositive_temperature(k, temperature):
+    train, labels = torch.randn(10, 4), torch.arange(10) % 2
+    with pytest.raises(ValueError, match="k-NN needs"):
+        knn_accuracy(train, labels, train, labels, 2, k=k, temperature=temperature)
+    with pytest.raises(ValueError, match="k-NN needs"):
+        knn_scores(train, labels, train, 2, k=k, temperature=temperature)
+
+
+def test_knn_command_refuses_bad_votes_before_reading_data(capsys):
+    from mimkit.cli import main
+
+    argv = ["knn", "--init_from", "missing.ckpt", "--data.class_path", "mimkit.data.Digits"]
+    assert main([*argv, "--temperature", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "mimkit knn: error: k-NN needs a temperature > 0" in err
+    assert main([*argv, "--k", "0"]) == 2
+    assert "k-NN needs k >= 1" in capsys.readouterr().err

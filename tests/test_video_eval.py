@@ -54,6 +54,30 @@ def test_another_frame_count_and_tubelet_are_resampled(tmp_path):
     torch.testing.assert_close(thinner.patch_embed.proj.weight.detach(), weight)
 
 
+@pytest.mark.parametrize("layout", ["videomae", "joint"])
+def test_a_fixed_sincos_table_is_rebuilt_for_another_frame_count(tmp_path, layout):
+    """VideoMAE rebuilds its fixed table for the new grid; its flat layout does not
+    survive interpolation. A trained table (perturbed here) is still interpolated."""
+    source = video_encoder(num_frames=8, tubelet_size=2, video_pos_embed=layout)
+    path = tmp_path / "video.pth"
+    torch.save(source.state_dict(), path)
+    shorter = video_encoder(num_frames=4, tubelet_size=2, video_pos_embed=layout)
+    own = shorter.pos_embed.detach().clone()
+    _, report = load_encoder(path, shorter)
+    assert report.fixed == ["pos_embed"] and report.resampled == []
+    torch.testing.assert_close(shorter.pos_embed.detach(), own)
+    if layout == "videomae":  # 4 of 8 frames: the first half of the source's flat table
+        torch.testing.assert_close(own[:, 1:], source.pos_embed.detach()[:, 1 : own.shape[1]])
+
+    trained = source.pos_embed.detach() + 0.01 * torch.randn_like(source.pos_embed)
+    torch.save({**source.state_dict(), "pos_embed": trained}, path)
+    shorter = video_encoder(num_frames=4, tubelet_size=2, video_pos_embed=layout)
+    _, report = load_encoder(path, shorter)
+    assert report.resampled == ["pos_embed"]
+    expected = resample_video_pos_embed(trained, (4, 4, 4), (2, 4, 4), 1)
+    torch.testing.assert_close(shorter.pos_embed.detach(), expected)
+
+
 def test_official_videomae_layout_without_pos_embed_gives_the_same_features(tmp_path):
     ours, official, kwargs = official_videomae_layout()
     ours.eval()
