@@ -262,7 +262,7 @@ class FineTune(ClassifierModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
         ema = getattr(self, "ema", None)
-        if ema is not None and (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+        if ema is not None and self.optimizer_stepped:
             ema.update(self._parts(), step=self.global_step)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from .attention import prepare_attention
 from .errors import ConfigError
 from .nonfinite import NonfiniteGuard, accepts_found_inf
+from .step_rng import seed_step, step_seed
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
@@ -189,6 +190,10 @@ class PretrainModule(L.LightningModule):
         self.skipped_steps = 0
         self.nonfinite_guard: NonfiniteGuard | None = None
         self._last_step_seen = 0
+        self.optimizer_stepped = False  # in on_train_batch_end: did this batch end a step?
+        # the seed_everything seed (every rank's), mixed with rank and step in each batch
+        self.run_seed = torch.initial_seed()
+        self._seeded_step, self._micro_batch = -1, 0
         self.decayed_names: set[str] | None = None
 
     # ----- extension points -----------------------------------------------------
@@ -342,6 +347,7 @@ class PretrainModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._last_step_seen = self.trainer.global_step
+        self._seeded_step = -1
         self.nonfinite_guard = None
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -359,6 +365,14 @@ class PretrainModule(L.LightningModule):
             )
         if self.nonfinite_check != "host" and usable:
             self.nonfinite_guard = NonfiniteGuard(self.device)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        step = self.trainer.global_step
+        if step != self._seeded_step:
+            self._seeded_step, self._micro_batch = step, 0
+        else:
+            self._micro_batch += 1
+        seed_step(step_seed(self.run_seed, self.global_rank, step, self._micro_batch))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         outputs = self.compute_loss(batch)
@@ -429,9 +443,10 @@ class PretrainModule(L.LightningModule):
         # Once per optimizer step, including the shorter accumulation window Lightning
         # closes at the end of an epoch: the step counter tells, not the batch index.
         step = self.trainer.global_step
-        if step == self._last_step_seen:
-            return
+        self.optimizer_stepped = step != self._last_step_seen
         self._last_step_seen = step
+        if not self.optimizer_stepped:
+            return
         if self.nonfinite_guard is not None and self.global_step % self.nonfinite_check_every == 0:
             self._read_nonfinite_guard()
         pairs = self.momentum_pairs()
@@ -454,6 +469,10 @@ class PretrainModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mimkit"] = self.checkpoint_metadata()
+        checkpoint["mimkit_run_seed"] = self.run_seed
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.run_seed = int(checkpoint.get("mimkit_run_seed", self.run_seed))
 
 
 def _batch_size(batch: dict[str, Any]) -> int:

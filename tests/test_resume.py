@@ -14,6 +14,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from mimkit.data.sampler import ResumableSampler, SeededSamples
+from mimkit.pretrain.base import PretrainModule
 from mimkit.pretrain_cli import PretrainCLI
 from mimkit.resume import AtomicCheckpointIO, Preempted, RequeueOnSignal, rng_state, set_rng_state
 
@@ -32,7 +33,7 @@ class SignalAtStep(Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def make_cli(root: Path, max_steps: int) -> PretrainCLI:
+def make_cli(root: Path, max_steps: int, extra: tuple[str, ...] = ()) -> PretrainCLI:
     # 3 batches per epoch, validation every epoch: the run crosses epoch and validation
     # boundaries, and the interruption at step 5 is mid-epoch (batch 2 of epoch 1).
     return PretrainCLI(
@@ -67,13 +68,20 @@ def make_cli(root: Path, max_steps: int) -> PretrainCLI:
             "3",
             "--preview.every_n_steps",
             "1000",
+            *extra,
         ],
         run=False,
     )
 
 
-def fit(root: Path, max_steps: int, ckpt_path: str | None = None, stop_at: int | None = None):
-    cli = make_cli(root, max_steps)
+def fit(
+    root: Path,
+    max_steps: int,
+    ckpt_path: str | None = None,
+    stop_at: int | None = None,
+    extra: tuple[str, ...] = (),
+):
+    cli = make_cli(root, max_steps, extra)
     if stop_at is not None:
         cli.trainer.callbacks.insert(0, SignalAtStep(stop_at))
     cli.before_fit()  # the run directory conventions (checkpoints/ under default_root_dir)
@@ -95,18 +103,27 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
         "position": 16,
         "num_replicas": 1,
     }
+    shutil.copytree(run, tmp_path / "reseeded")
     shutil.copytree(run, tmp_path / "control")
     resumed = fit(run, steps, ckpt_path="last")
     final = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == steps
-    assert reference.keys() == resumed.keys()
-    for name, value in reference.items():
-        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_weights(resumed, reference)
     assert not list(run.glob("checkpoints/.*tmp*")), "no temporary checkpoint files left"
-    # control: the same resume without the RNG restore draws other masks and ends elsewhere
-    monkeypatch.setattr("mimkit.resume.set_rng_state", lambda state: None)
-    control = fit(tmp_path / "control", steps, ckpt_path="last")
+    # The step's masks derive from the run seed (saved in the checkpoint), the rank and the
+    # step: resuming under another seed_everything draws them again, exactly.
+    other_seed = ("--seed_everything", "1")
+    assert_same_weights(fit(tmp_path / "reseeded", steps, "last", extra=other_seed), reference)
+    # control: without the saved run seed, that resume draws other masks and ends elsewhere
+    monkeypatch.setattr(PretrainModule, "on_load_checkpoint", lambda self, checkpoint: None)
+    control = fit(tmp_path / "control", steps, "last", extra=other_seed)
     assert any(not torch.allclose(control[k], reference[k]) for k in reference)
+
+
+def assert_same_weights(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def datamodule_key(checkpoint: dict) -> str:
