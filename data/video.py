@@ -169,7 +169,8 @@ class VideoFolder(MimDataModule):
     code: ``eff_batch_size = batch_size * accum_iter * world_size`` in videos).
 
     Args:
-        root: Training source: class folder, flat folder or ``path label`` list.
+        root: Training source: class folder, flat folder or list file (``path label``, VideoMAE
+            V2's ``path start total``; see :mod:`mimkit.data.video_sources`).
         val_root: Validation source; ``None`` for no validation.
         data_prefix: Folder for relative paths in list files.
         img_size: Output side length.

@@ -2,10 +2,19 @@
 
 * a folder of class subfolders of videos (labels from the sorted subfolder names);
 * a flat folder of videos (unlabeled);
-* a list file (``.csv`` / ``.txt``), one ``path label`` or ``path,label`` per line, as the
-  VideoMAE / MAE-ST Kinetics-400 and SSv2 lists; relative paths are resolved against
+* a list file (``.csv`` / ``.txt``), one video per line, relative paths resolved against
   ``data_prefix`` (default: the list file's folder); a ``path,label`` header and ``#``
-  comments are skipped.
+  comments are skipped. A line is the path followed by 0 to 3 integer columns, separated
+  by whitespace or commas (the path may contain spaces):
+
+  - ``path``: unlabeled;
+  - ``path label`` / ``path,label``: the VideoMAE / MAE-ST Kinetics-400 and SSv2 lists;
+    the label must be ``>= 0``;
+  - ``path start total`` or ``path start total label``: VideoMAE V2's pretraining lists
+    (``dataset/pretrain_datasets.py``), where ``total < 0`` (``-1``) marks a video file,
+    read whole, with ``start`` and ``label`` unused. Such a line is an unlabeled sample:
+    V2 pretrains without labels. ``total >= 0`` marks a folder of decoded frames, which
+    V2 reads from ``start``; mimkit decodes video files only and refuses the line.
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg")
-_LINE = re.compile(r"^(?P<path>.+?)(?:[\s,]+(?P<label>-?\d+))?\s*$")
+_LINE = re.compile(r"^(?P<path>.+?)(?P<columns>(?:[\s,]+-?\d+)*)\s*$")
+_FORMATS = "expected `path`, `path label` or VideoMAE V2's `path start total [label]`"
 
 VideoSamples = list[tuple[str, int | None]]
 
@@ -32,19 +42,55 @@ def _read_video_list(list_file: Path, data_prefix: Path | None) -> VideoSamples:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        match = _LINE.match(line)
-        assert match is not None
-        if number == 1 and match["label"] is None and "," in line:
-            continue  # a "path,label" header
-        path = Path(match["path"].strip().strip(",")).expanduser()
-        samples.append((str(path if path.is_absolute() else prefix / path), _label(match)))
+        if number == 1 and "," in line and _is_header(line):
+            continue
+        written, label = _parse_line(line, f"{list_file}:{number}")
+        path = Path(written).expanduser()
+        samples.append((str(path if path.is_absolute() else prefix / path), label))
     if not samples:
         raise ValueError(f"Video list {list_file} lists no videos.")
     return samples
 
 
-def _label(match: re.Match[str]) -> int | None:
-    return int(match["label"]) if match["label"] is not None else None
+def _is_header(line: str) -> bool:
+    """Whether a line ends in no integer column, as a ``path,label`` header does."""
+    match = _LINE.match(line)
+    return match is not None and not match["columns"]
+
+
+def _parse_line(line: str, where: str) -> tuple[str, int | None]:
+    """The path and label of one list line (see the module docstring for the formats).
+
+    Args:
+        line: A stripped, non-empty, non-comment line.
+        where: ``file:line``, for error messages.
+
+    Returns:
+        The path as written and the label, ``None`` for an unlabeled sample.
+
+    Raises:
+        ValueError: If the label of a ``path label`` line is negative, a VideoMAE V2 line
+            lists a folder of frames (``total >= 0``) or more than 3 columns follow the path.
+    """
+    match = _LINE.match(line)
+    assert match is not None  # the pattern matches any non-empty line
+    path = match["path"].strip().strip(",")
+    columns = [int(column) for column in re.findall(r"-?\d+", match["columns"])]
+    if not columns:
+        return path, None
+    if len(columns) == 1:
+        if columns[0] < 0:
+            raise ValueError(f"{where}: negative label {columns[0]} in {line!r}; {_FORMATS}.")
+        return path, columns[0]
+    if len(columns) > 3:
+        raise ValueError(f"{where}: {len(columns)} numbers after the path in {line!r}; {_FORMATS}.")
+    total = columns[1]
+    if total >= 0:
+        raise ValueError(
+            f"{where}: {line!r} reads as VideoMAE V2's `path start total` with total {total} "
+            ">= 0, a folder of decoded frames; mimkit reads video files only (total -1)."
+        )
+    return path, None
 
 
 def require_video_source(root: str | Path) -> Path:

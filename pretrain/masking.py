@@ -354,7 +354,9 @@ def tube_mask(
 
     Each sample masks ``int(mask_ratio * H * W)`` spatial positions (VideoMAE's
     ``TubeMaskingGenerator`` count, one fewer than MAE's rule at some ratios), and the same
-    positions in all ``T`` time steps, so ``T`` times that many tokens.
+    positions in all ``T`` time steps, so ``T`` times that many tokens. The positions are
+    the highest of ``H * W`` noise values drawn per sample, chosen over space before they
+    are copied to every time step, so tied noise values cannot split a tube.
 
     Args:
         batch_size: ``B``.
@@ -366,10 +368,11 @@ def tube_mask(
     if generator is not None:
         device = generator.device
     frames, height, width = grid_size
-    noise = torch.rand(batch_size, 1, height * width, device=device, generator=generator)
-    scores = noise.expand(-1, frames, -1).reshape(batch_size, frames * height * width)
+    noise = torch.rand(batch_size, height * width, device=device, generator=generator)
     per_frame = tube_masked_per_frame(height * width, mask_ratio)
-    return mask_from_scores(scores, per_frame * frames)
+    spatial = mask_from_scores(noise, per_frame).mask
+    hidden = spatial.unsqueeze(1).expand(-1, frames, -1).reshape(batch_size, -1)
+    return mask_from_scores(hidden.float(), per_frame * frames)
 
 
 def tube_masked_per_frame(spatial_tokens: int, mask_ratio: float) -> int:

@@ -181,6 +181,41 @@ def test_broken_short_and_missing_videos_are_skipped_and_counted(tmp_path):
     assert val["pixels"].shape[1:] == (3, 4, 32, 32)
 
 
+def test_video_lists_read_videomae_v2_pretraining_lines(tmp_path):
+    videos = tmp_path / "videos"
+    (videos / "sub dir").mkdir(parents=True)
+    for name in ("a.mp4", "sub dir/b c.mp4", "d.mp4"):
+        write_video(videos / name, num_frames=8)
+    absolute = videos / "d.mp4"
+    lines = ["a.mp4 0 -1", "sub dir/b c.mp4 0 -1", f"{absolute} 12 -1 5", "a.mp4,0,-1"]
+    (tmp_path / "v2.txt").write_text("\n".join(lines) + "\n")
+    samples = scan_videos(tmp_path / "v2.txt", data_prefix=videos)
+    expected = [videos / "a.mp4", videos / "sub dir/b c.mp4", absolute, videos / "a.mp4"]
+    assert samples == [(str(path), None) for path in expected]
+    data = VideoClipDataset(samples[:2], VideoClipTransform(32, train=False), num_frames=4)
+    assert data[1]["pixels"].shape == (3, 4, 32, 32)
+
+
+def test_video_lists_keep_kinetics_formats_and_refuse_bad_lines(tmp_path):
+    lines = ["path,label", "a.mp4 3", "b.mp4,0", "my clip 2.mp4 1", "c.mp4 , 4", "10.mp4\t7"]
+    (tmp_path / "k400.csv").write_text("\n".join(lines) + "\n")
+    samples = scan_videos(tmp_path / "k400.csv")
+    assert [(path.rsplit("/", 1)[1], label) for path, label in samples] == [
+        ("a.mp4", 3), ("b.mp4", 0), ("my clip 2.mp4", 1), ("c.mp4", 4), ("10.mp4", 7)
+    ]  # fmt: skip
+    (tmp_path / "flat.txt").write_text("# unlabeled\nx.mp4\nsub/y z.webm\n")
+    assert [label for _, label in scan_videos(tmp_path / "flat.txt")] == [None, None]
+    bad = {
+        "a.mp4 1\nb.mp4 -1\n": r"bad\.txt:2: negative label -1",
+        "frames/vid 1 300\n": r"bad\.txt:1: .*folder of decoded frames",
+        "a.mp4 0 -1 2 9\n": r"bad\.txt:1: 4 numbers after the path",
+    }
+    for text, message in bad.items():
+        (tmp_path / "bad.txt").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            scan_videos(tmp_path / "bad.txt")
+
+
 def test_repeat_aug_batches_count_clips(tmp_path):
     write_video(tmp_path / "a.mp4", textured=True)
     write_video(tmp_path / "b.mp4", textured=True)

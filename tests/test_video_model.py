@@ -9,6 +9,7 @@ import torch
 from timm.models.vision_transformer import Block
 from tiny import HF_TINY_MAE_SIZES
 
+from mimkit.pretrain import masking
 from mimkit.pretrain.encoder import ViTEncoder
 from mimkit.pretrain.masking import (
     RandomMasking,
@@ -125,6 +126,25 @@ def test_tube_mask_repeats_one_spatial_mask_over_time():
     again = tube_mask(8, (4, 7, 7), 0.9, generator=torch.Generator().manual_seed(0))
     assert torch.equal(mask.mask, again.mask)
     assert len({tuple(r.tolist()) for r in mask.ids_keep}) == 8
+
+
+def test_tube_mask_keeps_tubes_whole_when_noise_ties_at_the_cutoff(monkeypatch):
+    def tied_noise(*size, device=None, generator=None):
+        # positions 1 and 2 tie for the second of two masked places per frame
+        return torch.tensor([0.9, 0.5, 0.5, 0.1], device=device).expand(*size).clone()
+
+    monkeypatch.setattr(masking.torch, "rand", tied_noise)
+    mask = tube_mask(3, (6, 2, 2), 0.5)
+    grid = mask.mask.view(3, 6, 4)
+    assert (grid == grid[:, :1]).all()
+    assert (grid.sum(-1) == 2).all() and grid[:, :, 0].all() and not grid[:, :, 3].any()
+    assert mask.num_masked == 6 * 2 and mask.num_keep == 6 * 2
+    for b in range(3):
+        assert mask.ids_masked[b].tolist() == torch.nonzero(mask.mask[b]).flatten().tolist()
+        assert mask.ids_keep[b].tolist() == torch.nonzero(~mask.mask[b]).flatten().tolist()
+    tokens = torch.arange(24).expand(3, -1)
+    ordered = torch.cat([tokens.gather(1, mask.ids_keep), tokens.gather(1, mask.ids_masked)], 1)
+    assert torch.equal(ordered.gather(1, mask.ids_restore), tokens)
 
 
 def test_space_time_random_mask_is_not_a_tube():
