@@ -185,8 +185,13 @@ class MimDataModule(L.LightningDataModule):
         trainer = self.trainer
         state = self._sampler_state or {}
         seed = state.get("seed")
-        if seed is None:  # one draw from the (seeded) global RNG, then kept in checkpoints
+        if seed is None and self.train_sampler is not None:  # reloaded: keep the permutation
+            seed = self.train_sampler.seed
+        if seed is None:  # one draw from the global RNG, then kept in checkpoints
             seed = int(torch.randint(2**31 - 1, ()).item())
+            if trainer is not None and trainer.world_size > 1:
+                # every rank must split the same permutation, whatever its RNG holds
+                seed = int(trainer.strategy.broadcast(seed, src=0))
         self.train_sampler = ResumableSampler(
             dataset,
             num_replicas=trainer.world_size if trainer is not None else 1,

@@ -78,25 +78,32 @@ from test_step_rng import RecordingMAE
 from mimkit.data import Synthetic
 
 class Ranked(RecordingMAE):
+    seeds = []
+
     @property
     def global_rank(self):
         return self.trainer.global_rank
+
+    def on_train_epoch_start(self):
+        self.seeds.append(self.trainer.datamodule.train_sampler.seed)
 
 L.seed_everything(0)
 model = Ranked()
 trainer = L.Trainer(
     accelerator="cpu", devices=2, strategy="ddp", max_steps=2, logger=False,
     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    limit_val_batches=0, num_sanity_val_steps=0,
+    limit_val_batches=0, num_sanity_val_steps=0, limit_train_batches=1,
+    reload_dataloaders_every_n_epochs=1,
 )
 trainer.fit(model, datamodule=Synthetic(img_size=32, batch_size=2, num_samples=16))
 with open({out!r} + str(trainer.global_rank), "w") as handle:
-    handle.write(repr(model.masks))
+    handle.write(repr((model.masks, model.seeds)))
 """
 
 
-def test_two_ddp_processes_draw_different_masks(tmp_path):
-    """The bug this guards against: seed_everything seeds every rank alike."""
+def test_two_ddp_processes_draw_different_masks_from_one_permutation(tmp_path):
+    """seed_everything seeds every rank alike: the masks must differ all the same, and the
+    data permutation must not, also when the loader is rebuilt after training started."""
     script = tmp_path / "ddp_masks.py"
     out = str(tmp_path / "masks_rank")
     tests = str(Path(__file__).parent)
@@ -105,8 +112,9 @@ def test_two_ddp_processes_draw_different_masks(tmp_path):
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    rank0 = ast.literal_eval((tmp_path / "masks_rank0").read_text())
-    rank1 = ast.literal_eval((tmp_path / "masks_rank1").read_text())
+    rank0, seeds0 = ast.literal_eval((tmp_path / "masks_rank0").read_text())
+    rank1, seeds1 = ast.literal_eval((tmp_path / "masks_rank1").read_text())
+    assert len(seeds0) == 2 and seeds0 == seeds1  # two epochs, each loader built anew
     assert len(rank0) == len(rank1) == 2
     assert all(a != b for a, b in zip(rank0, rank1, strict=True))
     assert torch.tensor(rank0).shape == (2, 4)  # 4 of 16 patches visible
