@@ -189,6 +189,7 @@ class PretrainModule(L.LightningModule):
         self.nonfinite_streak = 0
         self.skipped_steps = 0
         self.nonfinite_guard: NonfiniteGuard | None = None
+        self._drop_update = False  # host check: a NaN/inf loss in this accumulation window
         self._last_step_seen = 0
         self.optimizer_stepped = False  # in on_train_batch_end: did this batch end a step?
         # the seed_everything seed (every rank's), mixed with rank and step in each batch
@@ -380,7 +381,10 @@ class PretrainModule(L.LightningModule):
         if self.nonfinite_guard is not None:
             self.nonfinite_guard.observe_loss(loss)
         elif not self._loss_is_finite(loss):
-            return None
+            # Backward still runs, on every rank alike (Lightning refuses a None step under
+            # DDP); on_before_optimizer_step then drops the whole accumulated update.
+            self._drop_update = True
+            return loss
         batch_size = _batch_size(batch)
         for name, value in outputs.items():
             self.log(
@@ -417,6 +421,11 @@ class PretrainModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         if self.nonfinite_guard is not None:
             self.nonfinite_guard.before_step(getattr(optimizer, "_optimizer", optimizer))
+        if self._drop_update:
+            # torch optimizers pass over parameters without a gradient: no moment, weight
+            # decay or step count changes (an fp16 scaler has already seen the inf and skips)
+            optimizer.zero_grad(set_to_none=True)
+            self._drop_update = False
 
     def _read_nonfinite_guard(self) -> None:
         """Device mode: one host read of the streak counters."""

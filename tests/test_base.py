@@ -99,6 +99,24 @@ def test_nonfinite_loss_skips_the_step(tmp_path):
     assert torch.isfinite(model.layer.weight).all()
 
 
+def test_host_check_drops_the_whole_accumulated_update(tmp_path):
+    model = Regression(
+        nan_steps={1},  # the second micro-batch of the first window
+        scale_lr=False,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=0.05),
+        nonfinite_check="host",
+    )
+    trainer = quiet_trainer(tmp_path, max_steps=3, accumulate_grad_batches=2, max_epochs=1)
+    trainer.fit(model, datamodule=tiny_data())
+    seen = model.weights_seen
+    assert len(seen) == 6 and model.skipped_steps == 1
+    torch.testing.assert_close(seen[2], seen[0], rtol=0, atol=0)  # micro-batch 0 not applied
+    assert not torch.equal(seen[4], seen[2])
+    state = trainer.optimizers[0].state[model.layer.weight]
+    assert float(state["step"]) == 2  # no moment or step-count change for the dropped window
+    assert torch.isfinite(model.layer.weight).all()
+
+
 def test_consecutive_nonfinite_losses_stop_with_a_clear_error(tmp_path):
     model = Regression(nan_steps=set(range(100)), max_nonfinite_steps=3, nonfinite_check="host")
     trainer = quiet_trainer(tmp_path, max_steps=10)
