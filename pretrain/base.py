@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from .attention import prepare_attention
 from .errors import ConfigError
+from .fsdp import SHARDED_STRATEGIES
 from .nonfinite import NonfiniteGuard, accepts_found_inf
 from .step_rng import seed_step, step_seed
 
@@ -248,6 +249,13 @@ class PretrainModule(L.LightningModule):
     # ----- setup --------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if stage == "fit" and self.momentum_pairs() and isinstance(strategy, SHARDED_STRATEGIES):
+            raise ConfigError(
+                f"{type(self).__name__} keeps momentum (EMA) copies of its modules, whose "
+                f"update needs whole parameters; {type(strategy).__name__} shards them. "
+                "Use --trainer.strategy ddp (with activation checkpointing for memory)"
+            )
         # Recorded before any strategy wraps or shards the parameters.
         self.decayed_names = {
             canonical_name(n) for n, p in self.named_trainable_parameters() if is_decayed(n, p)

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import (
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+)
 from timm.models.vision_transformer import Block
 
-__all__ = ["BlockFSDPStrategy"]
+__all__ = ["BlockFSDPStrategy", "SHARDED_STRATEGIES"]
+
+#: Strategies that shard the parameters: a forward pass needs every rank, and no rank
+#: holds a whole parameter.
+SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 
 
 class BlockFSDPStrategy(FSDPStrategy):

@@ -8,16 +8,15 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
+from .fsdp import SHARDED_STRATEGIES
+
 __all__ = ["ReconstructionPreview", "denormalize", "video_frame_strip", "video_gif_frames"]
 
-#: Strategies whose forward pass is collective (sharded parameters).
-SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,7 +1,9 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from tiny import quiet_trainer
 from torch import nn
 
@@ -15,6 +17,8 @@ from mimkit.pretrain.base import (
     warmup_cosine,
     weight_decay_groups,
 )
+from mimkit.pretrain.errors import ConfigError
+from mimkit.pretrain.fsdp import BlockFSDPStrategy
 
 
 class Regression(PretrainModule):
@@ -234,3 +238,16 @@ def test_ema_follows_the_short_accumulation_window_at_epoch_end(tmp_path, monkey
     assert trainer.global_step == 6
     assert len(momenta) == 6
     assert momenta == [momentum_at(step, 6, 0.5) for step in range(6)]
+
+
+@pytest.mark.parametrize("strategy", [FSDPStrategy(), BlockFSDPStrategy()], ids=type)
+def test_momentum_copies_are_refused_under_sharded_strategies(strategy):
+    model = EmaPair()
+    model._trainer = SimpleNamespace(strategy=strategy)
+    with pytest.raises(ConfigError, match="needs whole parameters.*strategy ddp"):
+        model.setup("fit")
+    model._trainer = SimpleNamespace(strategy=DDPStrategy())
+    model.setup("fit")  # the EMA works on replicas
+    plain = Regression()  # and without momentum copies FSDP is fine
+    plain._trainer = SimpleNamespace(strategy=strategy)
+    plain.setup("fit")
