@@ -50,12 +50,17 @@ def gather_with_grad(local: Tensor) -> Tensor:
     return _GatherWithGrad.apply(local)
 
 
+def _local(features: Tensor) -> Tensor:
+    return features
+
+
 def info_nce(
     query: Tensor,
     key: Tensor,
     temperature: float,
     symmetric: bool = False,
     intra_view_negatives: bool = False,
+    gather: bool = True,
 ) -> Tensor:
     """InfoNCE: query ``i`` must pick key ``i`` among the keys of the whole global batch.
 
@@ -71,15 +76,19 @@ def info_nce(
         symmetric: also score keys against queries and average both directions.
         intra_view_negatives: the other queries of the global batch are negatives too
             (SimCLR's 2N - 2 negatives, as in ViC-MAE); a sample is never its own negative.
+        gather: take negatives from every rank. Validation passes ``False``: its loaders
+            (shard streams above all) may give ranks unequal batch counts or sizes, where a
+            collective would hang, so it scores each rank's batch on its own.
 
     Returns:
         Scalar mean cross-entropy over the local queries (and keys when symmetric).
     """
     query = F.normalize(query.float(), dim=-1)
     key = F.normalize(key.float(), dim=-1)
-    all_keys = gather_with_grad(key)
-    all_queries = gather_with_grad(query) if (symmetric or intra_view_negatives) else None
-    _, rank = world_rank()
+    share = gather_with_grad if gather else _local
+    all_keys = share(key)
+    all_queries = share(query) if (symmetric or intra_view_negatives) else None
+    rank = world_rank()[1] if gather else 0
     labels = torch.arange(query.shape[0], device=query.device) + rank * query.shape[0]
 
     def one_way(q: Tensor, others: Tensor, same_view: Tensor | None) -> Tensor:

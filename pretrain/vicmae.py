@@ -102,6 +102,7 @@ class ViCMAE(MAE):
             self.temperature,
             symmetric=True,
             intra_view_negatives=True,
+            gather=self.training,
         )
         loss = self.contrastive_weight * loss_ct + self.reconstruction_weight * loss_rec
         return {"loss": loss, "loss_rec": loss_rec.detach(), "loss_contrastive": loss_ct.detach()}

@@ -142,3 +142,20 @@ def test_ema_update_follows_formula_and_cosine_schedule(tmp_path):
         torch.testing.assert_close(
             target, m * proj_before[name] + (1 - m) * online_proj[name].detach()
         )
+
+
+def test_negatives_come_from_every_rank_in_training_only(monkeypatch):
+    """Validation loaders may give ranks unequal batches: no collective there."""
+    import mimkit.pretrain.cmae as cmae_module
+
+    gathers = []
+    real = cmae_module.info_nce
+    monkeypatch.setattr(
+        cmae_module, "info_nce", lambda *a, **k: gathers.append(k["gather"]) or real(*a, **k)
+    )
+    model = tiny_cmae()
+    pixels = torch.randn(2, 3, 32, 32)
+    model.compute_loss({"pixels": pixels, "views": [pixels, pixels]})
+    model.eval()
+    model.compute_loss({"pixels": pixels})
+    assert gathers == [True, False]

@@ -112,6 +112,10 @@ def _worker(rank, world, port, z1, z2, out_dir):
                 "grad_a": a.grad,
                 "grad_b": b.grad if b.grad is not None else torch.zeros_like(b),
             }
+        # validation: ranks with unequal batches (3 and 4 samples) score locally, no collective
+        local = slice(rank * n, rank * n + n - 1 + rank)
+        kwargs = {"symmetric": True, "intra_view_negatives": True, "gather": False}
+        results["local"] = info_nce(z1[local], z2[local], 0.1, **kwargs)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -149,3 +153,8 @@ def test_all_gather_loss_and_gradients_equal_single_process(tmp_path):
                 assert b.grad is None and result[name]["grad_b"].abs().sum() == 0
             else:
                 torch.testing.assert_close(result[name]["grad_b"] / world, b.grad[shard])
+    for r, result in enumerate(ranks):  # the local scores: each rank's batch on its own
+        n = batch // world
+        local = slice(r * n, r * n + n - 1 + r)
+        expected = info_nce(z1[local], z2[local], 0.1, symmetric=True, intra_view_negatives=True)
+        torch.testing.assert_close(result["local"], expected)

@@ -146,3 +146,20 @@ def test_video_frame_pairs_are_the_views_and_the_k400_recipe_trains(tmp_path):
     assert main(args) == 0
     ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2 and ckpt["mimkit"]["method"] == "ViCMAE"
+
+
+def test_negatives_come_from_every_rank_in_training_only(monkeypatch):
+    """Validation loaders may give ranks unequal batches: no collective there."""
+    import mimkit.pretrain.vicmae as vicmae_module
+
+    gathers = []
+    real = vicmae_module.info_nce
+    monkeypatch.setattr(
+        vicmae_module, "info_nce", lambda *a, **k: gathers.append(k["gather"]) or real(*a, **k)
+    )
+    model = tiny_vicmae()
+    images = torch.randn(2, 3, 32, 32)
+    model.compute_loss({"pixels": images, "views": [images, images]})
+    model.eval()
+    model.compute_loss({"pixels": images, "views": [images, images]})
+    assert gathers == [True, False]
