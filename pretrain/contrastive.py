@@ -99,7 +99,10 @@ def info_nce(
             logits = torch.cat([logits, own], dim=1)
         return F.cross_entropy(logits, labels)
 
-    loss = one_way(query, all_keys, all_queries)
-    if symmetric:
-        loss = 0.5 * (loss + one_way(key, all_queries, all_keys))
+    # float32 scores even under autocast: at tau = 0.07 the logits reach 14, where bf16
+    # steps by 0.06 (a few percent of gradient error); the matrices are only B x world * B
+    with torch.autocast(query.device.type, enabled=False):
+        loss = one_way(query, all_keys, all_queries)
+        if symmetric:
+            loss = 0.5 * (loss + one_way(key, all_queries, all_keys))
     return loss

@@ -158,3 +158,14 @@ def test_all_gather_loss_and_gradients_equal_single_process(tmp_path):
         local = slice(r * n, r * n + n - 1 + r)
         expected = info_nce(z1[local], z2[local], 0.1, symmetric=True, intra_view_negatives=True)
         torch.testing.assert_close(result["local"], expected)
+
+
+def test_scores_stay_float32_under_bf16_autocast():
+    torch.manual_seed(3)
+    query, key = torch.randn(16, 32), torch.randn(16, 32)
+    kwargs = {"symmetric": True, "intra_view_negatives": True}
+    expected = info_nce(query, key, 0.07, **kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = info_nce(query, key, 0.07, **kwargs)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
