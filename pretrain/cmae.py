@@ -141,9 +141,8 @@ class CMAE(MAE):
 
     def contrastive_loss(self, online: Tensor, target: Tensor) -> Tensor:
         """``2 * tau * InfoNCE`` of online predictions against gathered, detached targets."""
-        return 2 * self.temperature * info_nce(
-            online, target.detach(), self.temperature, gather=self.training
-        )
+        loss = info_nce(online, target.detach(), self.temperature, gather=self.training)
+        return 2 * self.temperature * loss
 
     def compute_loss(
         self, batch: dict[str, Any], generator: torch.Generator | None = None
