@@ -8,6 +8,7 @@ from mimkit.pretrain.masking import (
     block_mask,
     random_cell_mask,
     random_mask,
+    tube_mask,
 )
 
 
@@ -171,5 +172,6 @@ def test_masks_are_made_on_device():
         block_mask(4, (14, 14), 0.5, generator=gen),
         random_cell_mask(4, (14, 14), 0.65, cell_size=2, generator=gen),
         color_mask(4, (14, 14), 0.75, "green", generator=gen),
+        tube_mask(4, (8, 14, 14), 0.9, generator=gen),
     ):
         assert mask.mask.is_cuda and mask.ids_keep.is_cuda
