@@ -49,6 +49,11 @@ def _read_video_list(list_file: Path, data_prefix: Path | None) -> VideoSamples:
         samples.append((str(path if path.is_absolute() else prefix / path), label))
     if not samples:
         raise ValueError(f"Video list {list_file} lists no videos.")
+    if len({label is None for _, label in samples}) > 1:
+        raise ValueError(
+            f"Video list {list_file} mixes labeled and unlabeled lines (a batch would have "
+            "labels for some clips only); give every line a label, or none."
+        )
     return samples
 
 

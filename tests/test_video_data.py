@@ -209,6 +209,7 @@ def test_video_lists_keep_kinetics_formats_and_refuse_bad_lines(tmp_path):
         "a.mp4 1\nb.mp4 -1\n": r"bad\.txt:2: negative label -1",
         "frames/vid 1 300\n": r"bad\.txt:1: .*folder of decoded frames",
         "a.mp4 0 -1 2 9\n": r"bad\.txt:1: 4 numbers after the path",
+        "a.mp4 3\nb.mp4 0 -1\n": r"mixes labeled and unlabeled lines",  # K400 + V2 lines
     }
     for text, message in bad.items():
         (tmp_path / "bad.txt").write_text(text)
