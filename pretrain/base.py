@@ -256,10 +256,20 @@ class PretrainModule(L.LightningModule):
                 f"update needs whole parameters; {type(strategy).__name__} shards them. "
                 "Use --trainer.strategy ddp (with activation checkpointing for memory)"
             )
+        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None) or {}
+        if stage == "fit" and ddp_kwargs.get("static_graph") and self._accumulates():
+            raise ConfigError(
+                "DDP static_graph=True with accumulate_grad_batches > 1 fails in PyTorch's "
+                "reducer at the first backward (pytorch/pytorch#143580: no_sync under a static "
+                "graph); drop static_graph or accumulate 1 batch"
+            )
         # Recorded before any strategy wraps or shards the parameters.
         self.decayed_names = {
             canonical_name(n) for n, p in self.named_trainable_parameters() if is_decayed(n, p)
         }
+
+    def _accumulates(self) -> bool:
+        return int(getattr(self.trainer, "accumulate_grad_batches", 1)) > 1
 
     def on_fit_start(self) -> None:
         if not self.compile_modules:

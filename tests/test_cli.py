@@ -97,6 +97,36 @@ def test_every_pretrain_recipe_runs_two_steps(recipe, tmp_path):
     assert configs, "the resolved config is saved in the run directory"
 
 
+def test_a_ddp_recipe_trains_with_its_own_strategy_and_accumulation(tmp_path, capsys):
+    """The recipe test swaps in Lightning's default strategy and accumulation 1; here the
+    ViT-B recipe keeps its DDPStrategy and accumulates 2 batches (a static graph did not
+    survive that: pytorch/pytorch#143580), on one CPU process."""
+    recipe = str(ROOT / "recipes/pretrain/mae_vit_base_patch16_in1k.yaml")
+    args = [
+        "pretrain", "fit", "--config", recipe, *synthetic_data(), *TINY_ENCODER, *CPU_TRAINER,
+        "--trainer.limit_val_batches", "1", "--trainer.max_steps", "2",
+        "--model.compile_modules", "false", "--model.decoder_dim", "32",
+        "--model.decoder_depth", "1", "--model.decoder_heads", "2",
+        "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    assert main(args) == 0
+    ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2
+    static = ["--trainer.strategy.init_args.static_graph", "true"]
+    assert main([*args, *static]) == 2
+    assert "static_graph=True with accumulate_grad_batches > 1" in capsys.readouterr().err
+
+
+def test_no_recipe_combines_a_static_graph_with_accumulation():
+    import yaml
+
+    for recipe in PRETRAIN_RECIPES:
+        trainer = yaml.safe_load(Path(recipe).read_text()).get("trainer", {})
+        strategy = trainer.get("strategy")
+        static = isinstance(strategy, dict) and strategy.get("init_args", {}).get("static_graph")
+        assert not (static and trainer.get("accumulate_grad_batches", 1) > 1), recipe
+
+
 def test_quickstart_recipe_trains_and_resumes(tmp_path):
     recipe = str(ROOT / "recipes/quickstart/mae_digits.yaml")
     common = [
