@@ -315,14 +315,19 @@ class VideoFolder(MimDataModule):
     def preflight(self, stage: str | None = None, world_size: int = 1) -> None:
         if stage in (None, "fit"):
             require_video_source(self.root)
-        if self.val_root is not None:
+        if self.val_root is not None and self._reads_val(stage):
             require_video_source(self.val_root)
         if stage == "test" and self.test_root is not None:
             require_video_source(self.test_root)
 
+    def _reads_val(self, stage: str | None) -> bool:
+        """Whether ``stage`` reads the validation source (``test`` does without a test one)."""
+        return stage != "test" or self.test_root is None
+
     def setup(self, stage: str | None = None) -> None:
         """Scan the sources: the training one for ``fit`` (or no stage), the validation one
-        always, the multi-view test one for ``test``."""
+        for every stage but a ``test`` that has its own, the multi-view test one for
+        ``test``."""
         classes = None
         if self.root.is_dir():
             classes = (
@@ -333,7 +338,7 @@ class VideoFolder(MimDataModule):
             )
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self._dataset(self.root, True, classes)
-        if self.val_root is not None and self.val_dataset is None:
+        if self.val_root is not None and self.val_dataset is None and self._reads_val(stage):
             self.val_dataset = self._dataset(self.val_root, False, classes)
         if stage == "test" and self.test_root is not None and self.test_dataset is None:
             self.test_dataset = self._dataset(self.test_root, False, classes, test=True)

@@ -243,8 +243,24 @@ def test_video_folder_test_split_returns_clips_spread_over_the_video(tmp_path):
     for position, shift in zip(eval_clip_positions(2, "uniform"), (0.0, tick / 2), strict=True):
         frames = clip_indices(20, 4, 2, "uniform", False, position=position)
         assert frames == [int(shift + tick * x) for x in range(4)]
+    assert data.val_dataset is None  # a test with its own source reads no validation one
+    data.setup("validate")
     val = next(iter(data.val_dataloader()))  # validation stays single-view
     assert val["pixels"].shape == (2, 3, 4, 32, 32)
+
+
+def test_the_test_stage_needs_only_the_test_source(tmp_path):
+    (tmp_path / "a").mkdir()
+    write_video(tmp_path / "a" / "0.mp4", num_frames=12)
+    data = VideoFolder(
+        tmp_path / "train.csv", val_root=tmp_path / "val.csv", test_root=tmp_path,
+        img_size=32, num_frames=4, batch_size=1, num_workers=0,
+    )  # fmt: skip
+    data.preflight("test")
+    data.setup("test")
+    assert next(iter(data.test_dataloader()))["pixels"].shape[0] == 1
+    with pytest.raises(FileNotFoundError, match="val.csv"):
+        data.preflight("validate")
 
 
 # ----- end to end on a VideoMAE checkpoint ----------------------------------------------
