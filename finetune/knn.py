@@ -124,8 +124,9 @@ def knn_accuracy(
     """k-NN top-1 / top-5 accuracy (%) of test features against training features.
 
     Top-5 looks at no more than ``k`` classes, as DINO's ``eval_knn.py``: with ``k < 5``
-    the classes no neighbour voted for are not guesses. The training features are normalized once onto ``device`` in their own dtype
-    (1.9 GiB for 1.28M ViT-B features in ``float16``) and reused by every query batch.
+    the classes no neighbour voted for are not guesses. The training features are
+    normalized once onto ``device`` in their own dtype (1.9 GiB for 1.28M ViT-B features
+    in ``float16``) and reused by every query batch.
 
     Args:
         train_features: ``(N, D)``.

@@ -191,11 +191,10 @@ class PretrainModule(L.LightningModule):
         self.skipped_steps = 0
         self.nonfinite_guard: NonfiniteGuard | None = None
         self._drop_update = False  # host check: a NaN/inf loss in this accumulation window
-        self._last_step_seen = 0
         self.optimizer_stepped = False  # in on_train_batch_end: did this batch end a step?
         # the seed_everything seed (every rank's), mixed with rank and step in each batch
         self.run_seed = torch.initial_seed()
-        self._seeded_step, self._micro_batch = -1, 0
+        self._step_at_batch_start, self._micro_batch = -1, 0
         self.decayed_names: set[str] | None = None
 
     # ----- extension points -----------------------------------------------------
@@ -257,7 +256,11 @@ class PretrainModule(L.LightningModule):
                 "Use --trainer.strategy ddp (with activation checkpointing for memory)"
             )
         ddp_kwargs = getattr(strategy, "_ddp_kwargs", None) or {}
-        if stage == "fit" and ddp_kwargs.get("static_graph") and self._accumulates():
+        if (
+            stage == "fit"
+            and ddp_kwargs.get("static_graph")
+            and self.trainer.accumulate_grad_batches > 1
+        ):
             raise ConfigError(
                 "DDP static_graph=True with accumulate_grad_batches > 1 fails in PyTorch's "
                 "reducer at the first backward (pytorch/pytorch#143580: no_sync under a static "
@@ -267,9 +270,6 @@ class PretrainModule(L.LightningModule):
         self.decayed_names = {
             canonical_name(n) for n, p in self.named_trainable_parameters() if is_decayed(n, p)
         }
-
-    def _accumulates(self) -> bool:
-        return int(getattr(self.trainer, "accumulate_grad_batches", 1)) > 1
 
     def on_fit_start(self) -> None:
         if not self.compile_modules:
@@ -365,8 +365,7 @@ class PretrainModule(L.LightningModule):
     # ----- steps ------------------------------------------------------------------
 
     def on_train_start(self) -> None:
-        self._last_step_seen = self.trainer.global_step
-        self._seeded_step = -1
+        self._step_at_batch_start = -1
         self.nonfinite_guard = None
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -387,8 +386,8 @@ class PretrainModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         step = self.trainer.global_step
-        if step != self._seeded_step:
-            self._seeded_step, self._micro_batch = step, 0
+        if step != self._step_at_batch_start:
+            self._step_at_batch_start, self._micro_batch = step, 0
         else:
             self._micro_batch += 1
         seed_step(step_seed(self.run_seed, self.global_rank, step, self._micro_batch))
@@ -469,9 +468,7 @@ class PretrainModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Once per optimizer step, including the shorter accumulation window Lightning
         # closes at the end of an epoch: the step counter tells, not the batch index.
-        step = self.trainer.global_step
-        self.optimizer_stepped = step != self._last_step_seen
-        self._last_step_seen = step
+        self.optimizer_stepped = self.trainer.global_step != self._step_at_batch_start
         if not self.optimizer_stepped:
             return
         if self.nonfinite_guard is not None and self.global_step % self.nonfinite_check_every == 0:
