@@ -5,7 +5,7 @@ import math
 import pytest
 import timm
 import torch
-from tiny import quiet_trainer, tiny_encoder
+from tiny import quiet_trainer, record_info_nce_gather, tiny_encoder
 
 from mimkit.data import PixelShiftViews, Synthetic
 from mimkit.pretrain import CMAE, RandomMasking, momentum_at
@@ -148,11 +148,7 @@ def test_negatives_come_from_every_rank_in_training_only(monkeypatch):
     """Validation loaders may give ranks unequal batches: no collective there."""
     import mimkit.pretrain.cmae as cmae_module
 
-    gathers = []
-    real = cmae_module.info_nce
-    monkeypatch.setattr(
-        cmae_module, "info_nce", lambda *a, **k: gathers.append(k["gather"]) or real(*a, **k)
-    )
+    gathers = record_info_nce_gather(monkeypatch, cmae_module)
     model = tiny_cmae()
     pixels = torch.randn(2, 3, 32, 32)
     model.compute_loss({"pixels": pixels, "views": [pixels, pixels]})

@@ -1,10 +1,6 @@
 """A NaN/inf loss on one DDP rank: every rank skips the step together, and the run goes on."""
 
-import ast
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
+from tiny import run_ranks_script
 
 DDP_SCRIPT = """
 import sys
@@ -40,15 +36,7 @@ with open({out!r} + str(trainer.global_rank), "w") as handle:
 
 
 def test_a_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path):
-    script = tmp_path / "ddp_nonfinite.py"
-    out = str(tmp_path / "result_rank")
-    tests = str(Path(__file__).parent)
-    script.write_text(textwrap.dedent(DDP_SCRIPT).format(tests=tests, out=out))
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [ast.literal_eval((tmp_path / f"result_rank{r}").read_text()) for r in (0, 1)]
+    ranks = run_ranks_script(tmp_path, DDP_SCRIPT)
     for result in ranks:
         assert result["skipped"] == 1  # both ranks agreed to skip rank 0's bad step
         assert result["steps"] == 3  # 4 steps, one dropped: no moment update for it

@@ -1,14 +1,8 @@
 """Training randomness: its own stream per rank and step, equal on a rerun and on resume."""
 
-import ast
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import lightning as L
 import torch
-from tiny import quiet_trainer, tiny_encoder
+from tiny import quiet_trainer, run_ranks_script, tiny_encoder
 
 from mimkit.data import Synthetic
 from mimkit.pretrain import MAE, RandomMasking
@@ -104,16 +98,7 @@ with open({out!r} + str(trainer.global_rank), "w") as handle:
 def test_two_ddp_processes_draw_different_masks_from_one_permutation(tmp_path):
     """seed_everything seeds every rank alike: the masks must differ all the same, and the
     data permutation must not, also when the loader is rebuilt after training started."""
-    script = tmp_path / "ddp_masks.py"
-    out = str(tmp_path / "masks_rank")
-    tests = str(Path(__file__).parent)
-    script.write_text(textwrap.dedent(DDP_SCRIPT).format(tests=tests, out=out))
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, seeds0 = ast.literal_eval((tmp_path / "masks_rank0").read_text())
-    rank1, seeds1 = ast.literal_eval((tmp_path / "masks_rank1").read_text())
+    (rank0, seeds0), (rank1, seeds1) = run_ranks_script(tmp_path, DDP_SCRIPT)
     assert len(seeds0) == 2 and seeds0 == seeds1  # two epochs, each loader built anew
     assert len(rank0) == len(rank1) == 2
     assert all(a != b for a, b in zip(rank0, rank1, strict=True))

@@ -4,7 +4,7 @@ import math
 from pathlib import Path
 
 import torch
-from tiny import CPU_TRAINER, tiny_encoder
+from tiny import CPU_TRAINER, record_info_nce_gather, tiny_encoder
 
 from mimkit.pretrain import RandomMasking, ViCMAE
 from mimkit.pretrain.masking import Mask
@@ -152,11 +152,7 @@ def test_negatives_come_from_every_rank_in_training_only(monkeypatch):
     """Validation loaders may give ranks unequal batches: no collective there."""
     import mimkit.pretrain.vicmae as vicmae_module
 
-    gathers = []
-    real = vicmae_module.info_nce
-    monkeypatch.setattr(
-        vicmae_module, "info_nce", lambda *a, **k: gathers.append(k["gather"]) or real(*a, **k)
-    )
+    gathers = record_info_nce_gather(monkeypatch, vicmae_module)
     model = tiny_vicmae()
     images = torch.randn(2, 3, 32, 32)
     model.compute_loss({"pixels": images, "views": [images, images]})

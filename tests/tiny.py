@@ -1,8 +1,15 @@
 """Shared pieces of the test suite: tiny encoders and CPU trainer arguments."""
 
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import lightning as L
+import pytest
 
 from mimkit.pretrain import ViTEncoder
 
@@ -79,3 +86,31 @@ def tiny_encoder(depth: int = 1, patch_size: int = 8, **kwargs: Any) -> ViTEncod
     return ViTEncoder(
         "vit_tiny_patch16_224", patch_size=patch_size, model_kwargs={"depth": depth}, **kwargs
     )
+
+
+def run_ranks_script(tmp_path: Path, script: str, ranks: int = 2) -> list[Any]:
+    """Runs a DDP script in a fresh process and returns what each rank wrote.
+
+    ``script`` is formatted with ``tests`` (this folder, for imports) and ``out`` (a path
+    prefix: rank ``r`` writes the ``repr`` of its result to ``out + str(r)``).
+    """
+    path, out = tmp_path / "ranks_script.py", str(tmp_path / "result_rank")
+    path.write_text(textwrap.dedent(script).format(tests=str(Path(__file__).parent), out=out))
+    done = subprocess.run(
+        [sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [ast.literal_eval(Path(out + str(r)).read_text()) for r in range(ranks)]
+
+
+def record_info_nce_gather(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> list[bool]:
+    """Wraps ``module.info_nce`` to record its ``gather`` argument, call by call."""
+    gathers: list[bool] = []
+    real = module.info_nce
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        gathers.append(kwargs["gather"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "info_nce", recording)
+    return gathers
